@@ -1,0 +1,181 @@
+"""The manifest contract (ARCHITECTURE.md): one Parquet row per sample, read and validated here.
+
+A sample is a well profile (``features``, a fixed-width float32 list) or an image site (one
+``path_<Dye>`` column per dye). Everything downstream reads manifests through this module so a
+malformed file fails once, early, with the column it lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bioscale.errors import ManifestError
+
+#: Columns every manifest has, in order (frozen contract).
+METADATA_COLUMNS = (
+    "sample_id",
+    "source",
+    "batch",
+    "plate",
+    "well",
+    "site",
+    "perturbation_id",
+    "perturbation_type",
+    "inchikey",
+    "smiles",
+    "concentration",
+    "moa",
+    "target",
+    "group",
+)
+GROUPS = ("seen", "novel", "extra", "control")
+PERTURBATION_TYPES = ("compound", "orf", "crispr", "control")
+FEATURES = "features"
+#: Parquet schema-metadata keys bioscale writes.
+META_KIND = b"bioscale.kind"
+META_N_FEATURES = b"bioscale.n_features"
+META_DYES = b"bioscale.dyes"
+
+_STRING_COLUMNS = {c: pa.string() for c in METADATA_COLUMNS}
+_STRING_COLUMNS["site"] = pa.int32()
+_STRING_COLUMNS["concentration"] = pa.float64()
+
+
+def profile_schema(n_features: int) -> pa.Schema:
+    """Arrow schema of a profile manifest with ``n_features`` float32 features per well."""
+    fields = [pa.field(c, t) for c, t in _STRING_COLUMNS.items()]
+    fields.append(pa.field(FEATURES, pa.list_(pa.float32(), n_features)))
+    return pa.schema(
+        fields, metadata={META_KIND: b"profiles", META_N_FEATURES: str(n_features).encode()}
+    )
+
+
+def write_profiles(path: str | Path, columns: dict[str, list], features: np.ndarray,
+                   row_group_size: int = 1024) -> Path:
+    """Write a profile manifest; several row groups so Ray Data reads it in parallel blocks.
+
+    Args:
+        path: output ``.parquet`` file.
+        columns: the metadata columns (``METADATA_COLUMNS``), one list per column.
+        features: (n_samples, n_features) float32 profiles.
+        row_group_size: rows per row group (one Ray Data block each).
+    """
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    schema = profile_schema(features.shape[1])
+    arrays = [pa.array(columns[c], type=_STRING_COLUMNS[c]) for c in METADATA_COLUMNS]
+    flat = pa.array(features.reshape(-1), type=pa.float32())
+    arrays.append(pa.FixedSizeListArray.from_arrays(flat, features.shape[1]))
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    validate_table(table, source=str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp, row_group_size=row_group_size)
+    tmp.replace(path)  # atomic: a crash never leaves half a manifest behind
+    return path
+
+
+def validate_table(table: pa.Table | pa.Schema, source: str, payload: bool = True) -> None:
+    """Raise ``ManifestError`` naming the first missing column or unknown group value."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    missing = [c for c in METADATA_COLUMNS if c not in schema.names]
+    if missing:
+        raise ManifestError(
+            f"manifest {source} lacks column(s) {', '.join(missing)}; a manifest needs "
+            f"{', '.join(METADATA_COLUMNS)} and either 'features' (profiles) or path_<Dye> columns "
+            "(images). Write it with `bioscale data synth profiles` or an importer."
+        )
+    if payload and FEATURES not in schema.names and not any(n.startswith("path_") for n in schema.names):
+        raise ManifestError(f"manifest {source} has neither a 'features' column nor path_<Dye> columns")
+    if isinstance(table, pa.Table):
+        groups = set(table.column("group").to_pylist())
+        bad = sorted(str(g) for g in groups - set(GROUPS))
+        if bad:
+            raise ManifestError(
+                f"manifest {source}: column 'group' holds {', '.join(bad)}; allowed: {', '.join(GROUPS)}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManifestInfo:
+    """What the driver knows about a manifest without reading its features."""
+
+    path: str
+    sha: str
+    kind: str
+    n_rows: int
+    n_features: int | None
+
+
+def manifest_sha(path: str | Path) -> str:
+    """sha256 of the manifest file's bytes: the data lineage logged with every trial."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise ManifestError(
+            f"manifest {path} does not exist; check data.manifest in the study YAML"
+        ) from None
+    return digest.hexdigest()
+
+
+def inspect(path: str | Path) -> ManifestInfo:
+    """Read a manifest's schema and row count, validate it, and hash it."""
+    sha = manifest_sha(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ManifestError(f"manifest {path} is not a readable Parquet file: {err}") from err
+    schema = pf.schema_arrow
+    validate_table(schema, source=str(path))
+    meta = schema.metadata or {}
+    kind = meta.get(META_KIND, b"profiles" if FEATURES in schema.names else b"cellpainting").decode()
+    n_features = None
+    if FEATURES in schema.names:
+        n_features = schema.field(FEATURES).type.list_size
+    return ManifestInfo(path=str(Path(path).resolve()), sha=sha, kind=kind,
+                        n_rows=pf.metadata.num_rows, n_features=n_features)
+
+
+def read_metadata(path: str | Path) -> pa.Table:
+    """The manifest without its heavy columns (features, paths): what planning needs."""
+    try:
+        table = pq.read_table(path, columns=list(METADATA_COLUMNS))
+    except (pa.ArrowInvalid, OSError, KeyError) as err:
+        raise ManifestError(f"cannot read manifest {path}: {err}") from err
+    validate_table(table, source=str(path), payload=False)
+    return table
+
+
+def read_features(path: str | Path, sample_ids: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """Read ``(sample_ids, features)`` for the given samples (all when ``None``), in that order.
+
+    Used by the plain-torch path and tests; trials stream features with Ray Data instead.
+    """
+    table = pq.read_table(path, columns=["sample_id", FEATURES])
+    ids = table.column("sample_id").to_pylist()
+    feats = table.column(FEATURES).combine_chunks()
+    matrix = feats.flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)
+    if sample_ids is None:
+        return ids, matrix
+    index = {s: i for i, s in enumerate(ids)}
+    try:
+        rows = np.fromiter((index[s] for s in sample_ids), dtype=np.int64, count=len(sample_ids))
+    except KeyError as err:
+        raise ManifestError(f"sample {err.args[0]!r} is not in manifest {path}") from None
+    return list(sample_ids), matrix[rows]
+
+
+def schema_json(path: str | Path) -> str:
+    """The manifest's Parquet schema metadata as JSON (for reports)."""
+    meta = pq.read_schema(path).metadata or {}
+    return json.dumps({k.decode(): v.decode() for k, v in meta.items()})

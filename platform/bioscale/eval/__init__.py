@@ -1,0 +1,1 @@
+"""Evaluation: frozen-embedding probes on the fixed probe sets."""

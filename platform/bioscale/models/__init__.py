@@ -1,0 +1,1 @@
+"""Model ladders: named rungs (model sizes as data) with one registry, plus FLOPs accounting."""

@@ -1,0 +1,88 @@
+"""The objective contract: which compounds it trains on, its labels, its heads, its loss terms.
+
+An objective returns a dict of named loss terms with ``loss`` the total; the training loop owns
+backward, the optimiser, AMP and the schedule (ARCHITECTURE "Objective"). Label vocabularies are
+built once in the driver from the trial's training rows, so every worker agrees on class indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from bioscale.data.splits import SampleIndex
+
+
+@dataclass(frozen=True, kw_only=True)
+class Targets:
+    """Integer labels for a set of rows: ``columns[name][i]`` is row ``rows[i]``'s class index."""
+
+    rows: np.ndarray
+    columns: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelSpace:
+    """Class vocabularies, one per label column (``y`` for the main head)."""
+
+    classes: dict[str, list[str]] = field(default_factory=dict)
+
+    def num_classes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.classes.items()}
+
+    def encode(self, index: SampleIndex, rows: np.ndarray,
+               sources: dict[str, np.ndarray]) -> Targets:
+        """Encode rows, dropping those whose label is outside the vocabulary (e.g. a val compound
+        absent from a small diet). ``sources[col]`` holds each manifest row's raw label."""
+        keep = np.ones(len(rows), dtype=bool)
+        coded: dict[str, np.ndarray] = {}
+        for col, vocab in self.classes.items():
+            lookup = {c: i for i, c in enumerate(vocab)}
+            codes = np.array([lookup.get(v, -1) for v in sources[col][rows]], dtype=np.int64)
+            keep &= codes >= 0
+            coded[col] = codes
+        return Targets(rows=rows[keep], columns={k: v[keep] for k, v in coded.items()})
+
+
+class Objective:
+    """Base class; subclasses set ``name``, ``Params`` and implement the hooks below."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    def train_groups(self) -> frozenset[str]:
+        """Compound groups this objective may train on (``extra`` only for IBP-like objectives)."""
+        raise NotImplementedError
+
+    def uses_controls(self) -> bool:
+        """Whether a diet's ``controls: true`` adds anything for this objective."""
+        return False
+
+    def raw_labels(self, index: SampleIndex) -> dict[str, np.ndarray]:
+        """Per manifest row, the raw label of every head (strings; None where unlabelled)."""
+        raise NotImplementedError
+
+    def label_space(self, index: SampleIndex, rows: np.ndarray) -> LabelSpace:
+        """Vocabularies from the training rows (sorted, so stable across runs)."""
+        raw = self.raw_labels(index)
+        return LabelSpace(classes={col: sorted({str(v) for v in values[rows] if v is not None})
+                                   for col, values in raw.items()})
+
+    def build_heads(self, embed_dim: int, labels: dict[str, int]) -> nn.ModuleDict:
+        """One linear head per label column."""
+        from torch import nn
+
+        return nn.ModuleDict({col: nn.Linear(embed_dim, n) for col, n in labels.items()})
+
+    def loss_terms(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named loss terms; ``loss`` is the total the loop backpropagates."""
+        raise NotImplementedError

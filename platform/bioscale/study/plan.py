@@ -1,0 +1,245 @@
+"""From a study spec and its manifest to fully resolved trials: grid expansion, de-duplication,
+diets, label spaces, sizes, FLOPs and trial keys. ``bioscale study plan`` prints this; the Tune
+driver runs it. Nothing here starts Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import subprocess
+from dataclasses import asdict, dataclass, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bioscale.config import from_mapping, to_mapping
+from bioscale.data import manifest as mf
+from bioscale.data.diets import Diet, select
+from bioscale.data.splits import SampleIndex
+from bioscale.eval.probe import ROLE_CODES
+from bioscale.objectives import registry as objectives
+from bioscale.objectives.base import Objective, Targets
+from bioscale.study.spec import ObjectiveSpec, StudySpec
+from bioscale.train.loop import LoopConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridPoint:
+    rung: str
+    diet: Diet
+    objective: ObjectiveSpec
+    seed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rung": self.rung, "diet": asdict(self.diet),
+                "objective": {"name": self.objective.name, "params": self.objective.params},
+                "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GridPoint:
+        return cls(rung=data["rung"], diet=from_mapping(Diet, data["diet"], "point.diet"),
+                   objective=ObjectiveSpec(**data["objective"]), seed=int(data["seed"]))
+
+    def describe(self) -> str:
+        return f"{self.rung} · {self.objective.label()} · {self.diet.label()} · seed {self.seed}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trial:
+    """One resolved grid point: what it trains on, how big it is, its key and its MLflow params."""
+
+    index: int
+    point: GridPoint
+    key: str
+    loop: LoopConfig
+    params: dict[str, Any]
+    planned_samples: int
+
+    @property
+    def flops_total(self) -> float:
+        return self.loop.flops_per_sample * self.planned_samples
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialData:
+    """Manifest rows and integer labels of a trial's three datasets."""
+
+    train: Targets
+    val: Targets
+    probe: Targets  # columns: role (ROLE_CODES), label (MoA index)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyPlan:
+    spec: StudySpec
+    manifest: mf.ManifestInfo
+    trials: list[Trial]
+    dropped: list[tuple[GridPoint, str]]
+
+
+def git_sha(cwd: str | Path | None = None) -> str:
+    """The checkout's commit (``-dirty`` when it has uncommitted changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def canonical_diet(diet: Diet, objective: Objective) -> Diet:
+    """The diet as the objective sees it: axes it cannot use are zeroed (supervised ignores
+    ``extra`` compounds and controls), so duplicate grid points collapse."""
+    groups = objective.train_groups()
+    return replace(diet, extra=diet.extra if "extra" in groups else 0,
+                   controls=diet.controls and objective.uses_controls())
+
+
+def _excluded(point: GridPoint, rules: list[dict[str, Any]]) -> bool:
+    for rule in rules:
+        hit = True
+        for key, want in rule.items():
+            if key == "rung":
+                hit &= point.rung == want
+            elif key == "seed":
+                hit &= point.seed == int(want)
+            elif key == "objective":
+                name = want if isinstance(want, str) else want.get("name")
+                hit &= point.objective.name == name or point.objective.label() == name
+            elif key == "diet":
+                hit &= point.diet == from_mapping(Diet, want, "exclude.diet")
+        if hit:
+            return True
+    return False
+
+
+def expand(spec: StudySpec) -> tuple[list[GridPoint], list[tuple[GridPoint, str]]]:
+    """All grid points of the union of grids × seeds, minus exclusions and duplicates."""
+    kept: list[GridPoint] = []
+    dropped: list[tuple[GridPoint, str]] = []
+    seen: dict[tuple, GridPoint] = {}
+    for grid in spec.grids:
+        for rung, diet, obj, seed in itertools.product(grid.rung, grid.diet, grid.objective,
+                                                       spec.seeds):
+            objective = objectives.build(obj.name, obj.params)
+            point = GridPoint(rung=rung, diet=canonical_diet(diet, objective), objective=obj,
+                              seed=seed)
+            if _excluded(GridPoint(rung=rung, diet=diet, objective=obj, seed=seed), spec.exclude):
+                dropped.append((point, "excluded by the study's exclude list"))
+                continue
+            ident = (rung, obj.label(), point.diet, seed)
+            if ident in seen:
+                if point.diet != diet or seen[ident] is not point:
+                    dropped.append((GridPoint(rung=rung, diet=diet, objective=obj, seed=seed),
+                                    f"same data as '{seen[ident].describe()}' for {obj.name}"))
+                continue
+            seen[ident] = point
+            kept.append(point)
+    return kept, dropped
+
+
+def probe_targets(index: SampleIndex) -> Targets:
+    """The fixed probe sets (identical for every trial): MoA labels over ``seen`` MoAs."""
+    rows = index.where(role=tuple(ROLE_CODES))
+    vocab = sorted({m for m in index.moa[index.where(groups=frozenset({"seen"}))] if m})
+    lookup = {m: i for i, m in enumerate(vocab)}
+    label = np.array([lookup.get(m, -1) for m in index.moa[rows]], dtype=np.int64)
+    keep = label >= 0  # a novel compound whose MoA no seen compound has cannot be probed
+    role = np.array([ROLE_CODES[r] for r in index.role[rows]], dtype=np.int64)
+    return Targets(rows=rows[keep], columns={"role": role[keep], "label": label[keep]})
+
+
+def trial_data(index: SampleIndex, point: GridPoint) -> tuple[TrialData, dict[str, int]]:
+    """Training rows (the diet), early-stopping rows and probe rows of one grid point."""
+    objective = objectives.build(point.objective.name, point.objective.params)
+    selection = select(index, point.diet, objective.train_groups())
+    space = objective.label_space(index, selection.rows)
+    raw = objective.raw_labels(index)
+    train = space.encode(index, selection.rows, raw)
+    val_groups = objective.train_groups() | ({"control"} if point.diet.controls else set())
+    val = space.encode(index, index.where(role="es_val", groups=frozenset(val_groups)), raw)
+    return TrialData(train=train, val=val, probe=probe_targets(index)), space.num_classes()
+
+
+@cache
+def _size_and_flops(rung: str, in_features: int, objective_json: str,
+                    num_classes_json: str) -> tuple[int, int, str, float]:
+    """(N, N_heads, family, flops_per_sample) of a rung under an objective, measured once."""
+    import torch
+
+    from bioscale.models.flops import training_step_flops
+    from bioscale.models.ladder import count_parameters, get_rung
+    from bioscale.train.loop import Network
+
+    obj = json.loads(objective_json)
+    num_classes = json.loads(num_classes_json)
+    objective = objectives.build(obj["name"], obj["params"])
+    rung_cfg = get_rung(rung)
+    backbone = rung_cfg.build(in_features)
+    heads = objective.build_heads(backbone.embed_dim, num_classes)
+    net = Network(backbone, heads)
+    gen = torch.Generator().manual_seed(0)
+    batch = {"x": torch.randn(4, in_features, generator=gen)}
+    for col, n in num_classes.items():
+        batch[col] = torch.randint(0, max(n, 1), (4,), generator=gen)
+    flops = training_step_flops(net, objective, batch)
+    return count_parameters(backbone), count_parameters(heads), rung_cfg.family, flops
+
+
+def resolve(spec: StudySpec, info: mf.ManifestInfo, index: SampleIndex, point: GridPoint,
+            position: int, sha_of_code: str) -> tuple[Trial, TrialData]:
+    """Resolve one grid point into a runnable trial (sizes, budget, lr, key, params)."""
+    data, num_classes = trial_data(index, point)
+    n_params, n_heads, family, flops = _size_and_flops(
+        point.rung, info.n_features, json.dumps(asdict(point.objective), sort_keys=True),
+        json.dumps(num_classes, sort_keys=True))
+    d_samples = len(data.train.rows)
+    d_compounds = len(set(index.perturbation_id[data.train.rows]))
+    max_epochs, max_samples = spec.train.budget.resolve(n_params, d_samples)
+    loop = LoopConfig(
+        rung=point.rung, in_features=info.n_features, objective=point.objective.name,
+        objective_params=dict(point.objective.params), num_classes=num_classes,
+        max_epochs=max_epochs, max_samples=max_samples, lr=spec.train.lr.resolve(n_params),
+        weight_decay=spec.train.weight_decay, batch_size=spec.train.batch_size, seed=point.seed,
+        early_stopping=spec.train.early_stopping, checkpoint_every=spec.train.checkpoint_every,
+        probe=spec.probe, flops_per_sample=flops)
+    identity = {"point": point.as_dict(), "config": to_mapping(replace(loop, flops_per_sample=0.0)),
+                "splits": asdict(spec.data.splits), "manifest_sha": info.sha}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    params = {
+        "rung": point.rung, "model_family": family, "N": n_params, "N_heads": n_heads,
+        "diet": point.diet.label(), "diet_seed": point.diet.diet_seed, "D_samples": d_samples,
+        "D_compounds": d_compounds, "objective": point.objective.label(), "seed": point.seed,
+        "epochs": max_epochs, "lr": loop.lr, "batch_size": loop.batch_size,
+        "manifest_sha": info.sha, "git_sha": sha_of_code,
+        "budget": json.dumps(asdict(spec.train.budget), sort_keys=True),
+        "flops_per_sample": flops,
+    }
+    planned = max_samples if max_samples is not None else max_epochs * d_samples
+    return (Trial(index=position, point=point, key=key, loop=loop, params=params,
+                  planned_samples=planned), data)
+
+
+def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
+    """Resolve every grid point of ``spec`` against the manifest."""
+    info = mf.inspect(manifest_path)
+    if info.n_features is None:
+        raise mf.ManifestError(f"manifest {manifest_path} has no 'features' column; the "
+                               f"'{spec.data.kind}' study needs a profile manifest")
+    index = SampleIndex.from_table(mf.read_metadata(manifest_path), spec.data.splits)
+    points, dropped = expand(spec)
+    code = git_sha(Path(__file__).parent)
+    trials = []
+    for i, point in enumerate(points):
+        trial, data = resolve(spec, info, index, point, i, code)
+        if trial.params["D_samples"] == 0:
+            dropped.append((point, "the diet leaves no training samples for this objective"))
+            continue
+        trials.append(trial)
+    return StudyPlan(spec=spec, manifest=info, trials=trials, dropped=dropped)

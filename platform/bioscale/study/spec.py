@@ -1,0 +1,168 @@
+"""The study YAML as typed config, validated once at load (unknown keys and names fail early).
+
+A study is a union of grids (``grids:``), each a product of ``rung × diet × objective``, times
+``seeds``, minus ``exclude``. See ``jobs/studies/demo.yaml`` for a commented example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from bioscale.config import from_mapping, to_mapping
+from bioscale.data.diets import Diet
+from bioscale.data.splits import SplitConfig
+from bioscale.data.synth import SynthProfilesConfig
+from bioscale.errors import ConfigError
+from bioscale.eval.probe import ProbeConfig
+from bioscale.train.rules import Budget, EarlyStopping, LRRule
+
+EVAL_TASKS = ("moa",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectiveSpec:
+    """An objective as the YAML names it: ``ibp`` or ``{name: ibp, params: {...}}``."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        """The ``objective`` param: the name, with params in canonical JSON when there are any."""
+        if not self.params:
+            return self.name
+        return f"{self.name}{json.dumps(self.params, sort_keys=True, separators=(',', ':'))}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """Where the samples come from: a manifest, or a synthetic screen generated into the output folder."""
+
+    kind: Literal["profiles"] = "profiles"
+    manifest: str | None = None
+    synthetic: SynthProfilesConfig | None = None
+    splits: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        if (self.manifest is None) == (self.synthetic is None):
+            raise ConfigError("data: set exactly one of 'manifest' (a Parquet manifest) or "
+                              "'synthetic' (generate a synthetic screen)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridSpec:
+    """One product of axes; every list needs at least one entry."""
+
+    rung: list[str]
+    diet: list[Diet]
+    objective: list[ObjectiveSpec | str]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objective", [ObjectiveSpec(name=o) if isinstance(o, str) else o
+                                               for o in self.objective])
+        for axis in ("rung", "diet", "objective"):
+            if not getattr(self, axis):
+                raise ConfigError(f"grids: axis {axis!r} is empty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    budget: Budget = field(default_factory=lambda: Budget(epochs=20))
+    batch_size: int = 256
+    lr: LRRule = field(default_factory=LRRule)
+    weight_decay: float = 1.0e-6
+    early_stopping: EarlyStopping | None = None
+    checkpoint_every: int = 5
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise ConfigError("train.batch_size must be >= 2 (BatchNorm needs two samples)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceSpec:
+    """Per-trial resources and concurrency. ``batch_size`` is global: each of the
+    ``workers_per_trial`` workers takes ``batch_size // workers_per_trial``."""
+
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_concurrent_trials: int = 2
+    data_cpus_per_task: float = 0.25
+    max_failures: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingSpec:
+    """``uri: null`` → SQLite in the output folder; or a tracking server (``http://mlflow:5000``)."""
+
+    uri: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySpec:
+    name: str
+    data: DataSpec
+    grids: list[GridSpec]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    eval: list[Literal["moa"]] = field(default_factory=lambda: ["moa"])
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\"):
+            raise ConfigError(f"name: {self.name!r} must be non-empty and contain no slashes")
+        if not self.grids:
+            raise ConfigError("grids: a study needs at least one grid")
+        _validate_names(self)
+        allowed = {"rung", "diet", "objective", "seed"}
+        for i, rule in enumerate(self.exclude):
+            bad = set(rule) - allowed
+            if bad:
+                raise ConfigError(f"exclude[{i}]: unknown key {sorted(bad)[0]!r}; allowed keys: "
+                                  f"{', '.join(sorted(allowed))}")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "study") -> StudySpec:
+        return from_mapping(cls, data, where)
+
+    @classmethod
+    def load(cls, path: str | Path) -> StudySpec:
+        """Read and validate a study YAML."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"study file {path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"study file {path} is not valid YAML: {err}") from err
+        return cls.from_dict(data, where=path.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_mapping(self)
+
+    def sha(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _validate_names(spec: StudySpec) -> None:
+    """Unknown rungs and objectives (and bad objective params) fail here, before any compute."""
+    from bioscale.models.ladder import get_rung
+    from bioscale.objectives import registry as objectives
+
+    for g, grid in enumerate(spec.grids):
+        for r, rung in enumerate(grid.rung):
+            try:
+                get_rung(rung)
+            except ConfigError as err:
+                raise ConfigError(f"grids[{g}].rung[{r}]: {err}") from None
+        for o, obj in enumerate(grid.objective):
+            objectives.build(obj.name, obj.params, where=f"grids[{g}].objective[{o}]")

@@ -1,0 +1,228 @@
+"""The per-worker training loop: plain torch, written against ``TrainContext``.
+
+It owns the optimisation (AdamW, weight decay once via parameter groups, the budget, early
+stopping on the validation subset of training wells, checkpoint and resume); the objective only
+returns named loss terms. After training it restores the best weights, embeds the fixed probe
+sets with the frozen backbone and fits the probes. Every rank reports the same number of times;
+only rank 0's metrics carry content.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bioscale.eval.probe import ProbeConfig, linear_probe
+from bioscale.models.ladder import get_rung
+from bioscale.objectives import registry as objectives
+from bioscale.train.context import TrainContext
+from bioscale.train.rules import EarlyStopping
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """Everything one trial's workers need, fully resolved by the driver (plain data, picklable)."""
+
+    rung: str
+    in_features: int
+    objective: str
+    objective_params: dict[str, Any] = field(default_factory=dict)
+    num_classes: dict[str, int]
+    max_epochs: int
+    max_samples: int | None = None
+    lr: float
+    weight_decay: float
+    batch_size: int
+    seed: int
+    early_stopping: EarlyStopping | None = None
+    checkpoint_every: int = 5
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    probe_task: str = "moa"
+    flops_per_sample: float = 0.0
+
+
+class Network(nn.Module):
+    """Backbone + objective heads; ``forward(x) → (embedding, {head: logits})``."""
+
+    def __init__(self, backbone: nn.Module, heads: nn.ModuleDict) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        emb = self.backbone(x)
+        return emb, {name: head(emb) for name, head in self.heads.items()}
+
+
+def build_network(cfg: LoopConfig) -> tuple[Network, Any]:
+    objective = objectives.build(cfg.objective, cfg.objective_params)
+    backbone = get_rung(cfg.rung).build(cfg.in_features)
+    heads = objective.build_heads(backbone.embed_dim, cfg.num_classes)
+    return Network(backbone, heads), objective
+
+
+_NO_DECAY_NAMES = ("cls_token", "pos_embed", "dist_token", "reg_token", "mask_token")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weights; none on norms, biases, embeddings and class tokens."""
+    no_decay_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
+                    for p in m.parameters(recurse=False)}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(_NO_DECAY_NAMES) or id(p) in no_decay_ids:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def _val_loss(model: nn.Module, objective: Any, ctx: TrainContext) -> float | None:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in ctx.eval_batches("val"):
+        batch = _to(batch, ctx.device)
+        n = len(batch["x"])
+        total += float(objective.loss_terms(model, batch)["loss"]) * n
+        count += n
+    return total / count if count else None
+
+
+@torch.no_grad()
+def embed(backbone: nn.Module, batches, device: torch.device) -> dict[str, np.ndarray]:
+    """Frozen embeddings of every batch, with the batch's other columns passed through."""
+    backbone.eval()
+    out: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        out.setdefault("emb", []).append(backbone(batch["x"].to(device)).float().cpu().numpy())
+        for k, v in batch.items():
+            if k != "x":
+                out.setdefault(k, []).append(v.cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def run(cfg: LoopConfig, ctx: TrainContext) -> dict[str, float]:
+    """Train, restore the best weights, probe; return rank 0's final metrics."""
+    torch.manual_seed(cfg.seed * 1000 + ctx.rank)
+    np.random.seed(cfg.seed)
+    net, objective = build_network(cfg)
+    model = ctx.prepare_model(net)
+    optimizer = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr)
+
+    state = {"epoch": 0, "samples_seen": 0, "best_val": math.inf, "best_epoch": -1,
+             "bad_epochs": 0, "step_seconds": 0.0, "loop_seconds": 0.0}
+    best_weights: dict[str, torch.Tensor] | None = None
+    resumed = ctx.latest_checkpoint()
+    if resumed is not None:
+        ckpt = torch.load(Path(resumed) / "state.pt", map_location=ctx.device, weights_only=False)
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state.update(ckpt["state"])
+        best_weights = ckpt["best_weights"]
+        log.info("resumed from %s at epoch %d", resumed, state["epoch"])
+
+    es = cfg.early_stopping
+    stop = False
+    while state["epoch"] < cfg.max_epochs and not stop:
+        epoch = state["epoch"]
+        model.train()
+        sums: dict[str, float] = {}
+        n_local = 0
+        t_epoch = time.perf_counter()
+        step_s = 0.0
+        for batch in ctx.train_batches(epoch):
+            batch = _to(batch, ctx.device)
+            t0 = time.perf_counter()
+            terms = objective.loss_terms(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            step_s += time.perf_counter() - t0
+            n = len(batch["x"])
+            n_local += n
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
+            if cfg.max_samples is not None and \
+                    state["samples_seen"] + n_local * ctx.world_size >= cfg.max_samples:
+                stop = True
+                break
+        epoch_s = time.perf_counter() - t_epoch
+        state["samples_seen"] += n_local * ctx.world_size
+        state["step_seconds"] += step_s
+        state["loop_seconds"] += epoch_s
+        state["epoch"] = epoch + 1
+
+        metrics: dict[str, Any] = {f"train/{k}": v / max(n_local, 1) for k, v in sums.items()}
+        metrics["perf/samples_per_s"] = n_local * ctx.world_size / max(epoch_s, 1e-9)
+        metrics["epoch"] = epoch + 1
+        val = _val_loss(model, objective, ctx)
+        if val is not None:
+            metrics["val/loss"] = val
+            if val < state["best_val"] - (es.min_delta if es else 0.0):
+                state.update(best_val=val, best_epoch=epoch + 1, bad_epochs=0)
+                best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            elif es is not None and epoch + 1 > es.warmup_epochs:
+                state["bad_epochs"] += 1
+            if es is not None and epoch + 1 > es.warmup_epochs and state["bad_epochs"] >= es.patience:
+                stop = True
+        # ranks agree on stopping even if their floating-point val losses differ in the last bit
+        stop = ctx.all_reduce_max(1.0 if stop else 0.0) > 0.5
+
+        finishing = stop or state["epoch"] >= cfg.max_epochs
+        if finishing:
+            metrics["train/early_stopped"] = float(stop and val is not None)
+            ctx.report(metrics)
+        elif cfg.checkpoint_every and state["epoch"] % cfg.checkpoint_every == 0:
+            _report_with_checkpoint(ctx, metrics, net, optimizer, state, best_weights)
+        else:
+            ctx.report(metrics)
+
+    if best_weights is not None:
+        net.load_state_dict(best_weights)
+    final: dict[str, float] = {
+        "train/best_epoch": float(state["best_epoch"]),
+        "train/epochs": float(state["epoch"]),
+        "train/samples_seen": float(state["samples_seen"]),
+        "compute/flops": cfg.flops_per_sample * state["samples_seen"],
+        "compute/seconds": state["loop_seconds"],
+        "perf/step_seconds": state["step_seconds"],
+        "done": 1.0,
+    }
+    if ctx.rank == 0:
+        probe_data = embed(net.backbone, ctx.eval_batches("probe"), ctx.device)
+        final |= linear_probe(probe_data["emb"], probe_data["role"], probe_data["label"],
+                              cfg.probe_task, cfg.probe)
+        final["val/best_loss"] = state["best_val"] if math.isfinite(state["best_val"]) else float("nan")
+    _report_with_checkpoint(ctx, final, net, optimizer, state, best_weights)
+    return final
+
+
+def _report_with_checkpoint(ctx: TrainContext, metrics: dict[str, Any], net: nn.Module,
+                            optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                            best_weights: dict[str, torch.Tensor] | None) -> None:
+    if ctx.rank != 0:
+        ctx.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="bioscale-ckpt-") as tmp:
+        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                    "state": dict(state), "best_weights": best_weights}, Path(tmp) / "state.pt")
+        ctx.report(metrics, checkpoint_dir=tmp)
