@@ -36,7 +36,7 @@ class SynthProfilesConfig:
     """Size and difficulty of a synthetic profile screen (defaults: the demo's dataset)."""
 
     seed: int = 0
-    n_moa: int = 24
+    n_moa: int = 28
     compounds_per_moa: int = 6
     n_unlabelled_moa: int = 12
     n_extra: int = 192
@@ -47,10 +47,10 @@ class SynthProfilesConfig:
     controls_per_plate: int = 16
     n_features: int = 128
     latent_dim: int = 16
-    compound_spread: float = 0.7
-    replicate_noise: float = 0.6
-    plate_effect: float = 0.3
-    batch_effect: float = 0.5
+    compound_spread: float = 1.0
+    replicate_noise: float = 1.5
+    plate_effect: float = 1.0
+    batch_effect: float = 1.0
     source_gain: float = 0.15
 
     def __post_init__(self) -> None:

@@ -120,8 +120,8 @@ def embed(backbone: nn.Module, batches, device: torch.device) -> dict[str, np.nd
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def run(cfg: LoopConfig, ctx: TrainContext) -> dict[str, float]:
-    """Train, restore the best weights, probe; return rank 0's final metrics."""
+def run(cfg: LoopConfig, ctx: TrainContext, extra_final: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train, restore the best weights, probe; return rank 0's final metrics (plus ``extra_final``)."""
     torch.manual_seed(cfg.seed * 1000 + ctx.rank)
     np.random.seed(cfg.seed)
     net, objective = build_network(cfg)
@@ -150,6 +150,8 @@ def run(cfg: LoopConfig, ctx: TrainContext) -> dict[str, float]:
         t_epoch = time.perf_counter()
         step_s = 0.0
         for batch in ctx.train_batches(epoch):
+            if len(batch["x"]) < 2:  # BatchNorm cannot train on one sample; shards are equal-sized
+                continue
             batch = _to(batch, ctx.device)
             t0 = time.perf_counter()
             terms = objective.loss_terms(model, batch)
@@ -205,7 +207,8 @@ def run(cfg: LoopConfig, ctx: TrainContext) -> dict[str, float]:
         "compute/flops": cfg.flops_per_sample * state["samples_seen"],
         "compute/seconds": state["loop_seconds"],
         "perf/step_seconds": state["step_seconds"],
-        "done": 1.0,
+        "final": 1.0,
+        **(extra_final or {}),
     }
     if ctx.rank == 0:
         probe_data = embed(net.backbone, ctx.eval_batches("probe"), ctx.device)

@@ -1,0 +1,259 @@
+"""The study driver: plan → skip what MLflow has FINISHED → Ray Tune (one trial per grid point,
+each a Ray Train ``TorchTrainer`` fed by Ray Data) → MLflow, logged only from this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bioscale.config import to_mapping
+from bioscale.data import manifest as mf
+from bioscale.study.plan import StudyPlan, plan
+from bioscale.study.spec import StudySpec
+from bioscale.study.tracking import NODE_IDS, Tracker, default_uri
+
+Progress = Callable[[str], None]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyRun:
+    """What a study run did."""
+
+    out_dir: Path
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    planned: int
+    skipped: int
+    finished: int
+    failed: int
+    seconds: float
+
+
+def ensure_manifest(spec: StudySpec, out_dir: Path, progress: Progress = _print) -> Path:
+    """The study's manifest path; a synthetic screen is generated into ``out_dir/data`` once."""
+    if spec.data.manifest is not None:
+        return Path(spec.data.manifest)
+    from bioscale.data.synth import generate_profiles
+
+    data_dir = out_dir / "data"
+    stamp = data_dir / "synth_fingerprint"
+    path = data_dir / "manifest.parquet"
+    fingerprint = spec.data.synthetic.fingerprint()
+    if not path.exists() or not stamp.exists() or stamp.read_text() != fingerprint:
+        progress(f"generating the synthetic screen into {data_dir} ...")
+        generate_profiles(spec.data.synthetic, data_dir)
+        stamp.write_text(fingerprint)
+    return path
+
+
+def tracking_uri(spec: StudySpec, out_dir: Path) -> str:
+    return spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(out_dir)
+
+
+def init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> None:
+    """Join ``address`` (a cluster) or start a local instance sized for this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if address:
+        ray.init(address=address, log_to_driver=verbose)
+        return
+    # Logical CPUs above the physical count: trial drivers and data tasks are light (PLATFORM_NOTES).
+    cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
+    ray.init(address="local", num_cpus=cpus, object_store_memory=2 * 1024**3,
+             log_to_driver=verbose, include_dashboard=False, configure_logging=True,
+             logging_level="WARNING")
+
+
+def _trial_fn(config: dict[str, Any]) -> None:
+    """One Tune trial: build the trial's Ray Datasets and run a ``TorchTrainer`` on them."""
+    import ray.data
+    import ray.tune
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from bioscale.data.pipeline import read_profiles, with_labels
+    from bioscale.data.splits import SampleIndex
+    from bioscale.study.plan import GridPoint, trial_data
+    from bioscale.train.ray_worker import train_worker
+
+    t0 = time.perf_counter()
+    payload = config["trial"]
+    spec = StudySpec.from_dict(payload["study"])
+    manifest = payload["manifest"]
+    res = spec.resources
+    index = SampleIndex.from_table(mf.read_metadata(manifest), spec.data.splits)
+    data, _ = trial_data(index, GridPoint.from_dict(payload["point"]))
+    ids = index.sample_id
+
+    # One read of the manifest per trial; the trial's three sets are derived from it and held in
+    # the object store (profiles are small), so the Train workers' CPUs never wait on decode tasks.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    profiles = read_profiles(manifest, cpus_per_task=res.data_cpus_per_task).materialize()
+    datasets = {name: with_labels(profiles, ids[t.rows], t.columns,
+                                  cpus_per_task=res.data_cpus_per_task).materialize()
+                for name, t in (("train", data.train), ("val", data.val), ("probe", data.probe))}
+    use_gpu = res.gpus_per_worker > 0
+    per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if use_gpu else {})
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"loop": payload["loop"],
+                           "batch_size_per_worker": max(2, spec.train.batch_size // res.workers_per_trial)},
+        scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=use_gpu,
+                                     resources_per_worker=per_worker),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(name=f"trial-{payload['key'][:16]}", storage_path=payload["storage"],
+                             callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=res.max_failures)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    ray.tune.report({"perf/trial_seconds": time.perf_counter() - t0, "trial_complete": 1})
+
+
+def _make_callback(tracker: Tracker, experiment_id: str, parent_id: str, total: int,
+                   progress: Progress):
+    from ray.tune import Callback
+
+    class StudyCallback(Callback):
+        """Logs each trial as an MLflow child run, from the driver (the only writer)."""
+
+        def __init__(self) -> None:
+            self.run_ids: dict[str, str] = {}
+            self.last: dict[str, dict[str, Any]] = {}
+            self.started: dict[str, float] = {}
+            self.finished = 0
+            self.failed = 0
+
+        def _key(self, trial) -> str:
+            return trial.config["trial"]["key"]
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            payload = trial.config["trial"]
+            key = payload["key"]
+            self.started[key] = time.perf_counter()
+            if key not in self.run_ids:
+                self.run_ids[key] = tracker.start_trial(
+                    experiment_id, parent_id, key, payload["name"], payload["params"])
+            progress(f"  ▶ trial {payload['position'] + 1}/{total} started: {payload['describe']}")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            key = self._key(trial)
+            step = int(result.get("epoch") or result.get("train/epochs") or 0)
+            tracker.log_metrics(self.run_ids[key], result, step=step)
+            self.last.setdefault(key, {}).update(result)
+            if "node_ids" in result:
+                tracker.client.set_tag(self.run_ids[key], NODE_IDS, result["node_ids"])
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            key = self._key(trial)
+            payload = trial.config["trial"]
+            last = self.last.get(key, {})
+            run_id = self.run_ids[key]
+            if "trial_complete" not in last or "final" not in last:
+                self.on_trial_error(iteration, trials, trial)
+                return
+            overhead = last.get("perf/trial_seconds", 0.0) - last.get("compute/seconds", 0.0)
+            tracker.log_metrics(run_id, {"perf/overhead_seconds": overhead},
+                                step=int(last.get("train/epochs", 0)))
+            tracker.finish(run_id, "FINISHED")
+            self.finished += 1
+            probe = last.get("probe/moa/novel_compounds/top1", float("nan"))
+            progress(f"  ✓ trial {payload['position'] + 1}/{total} finished in "
+                     f"{last.get('perf/trial_seconds', 0.0):.1f} s "
+                     f"({int(last.get('train/epochs', 0))} epochs, "
+                     f"{last.get('compute/seconds', 0.0):.1f} s training): "
+                     f"MoA top-1 on novel compounds {probe:.3f}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            key = self._key(trial)
+            payload = trial.config["trial"]
+            if key in self.run_ids:
+                tracker.finish(self.run_ids[key], "FAILED")
+            self.failed += 1
+            where = getattr(trial, "error_file", None) or getattr(trial, "path", "")
+            progress(f"  ✗ trial {payload['position'] + 1}/{total} FAILED: {payload['describe']} "
+                     f"(error log: {where})")
+
+    return StudyCallback()
+
+
+def run_study(spec: StudySpec, out_dir: str | Path, *, address: str | None = None,
+              num_cpus: int | None = None, verbose: bool = False,
+              progress: Progress = _print) -> StudyRun:
+    """Run every trial of ``spec`` that MLflow does not already hold as FINISHED."""
+    t_start = time.perf_counter()
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = ensure_manifest(spec, out, progress)
+    study_plan: StudyPlan = plan(spec, manifest)
+    uri = tracking_uri(spec, out)
+    tracker = Tracker(uri, artifact_root=out / "mlartifacts")
+    experiment_id = tracker.experiment(spec.name)
+    parent_id = tracker.study_run(experiment_id, spec.name, spec.sha())
+    done = tracker.finished_trial_keys(experiment_id)
+    pending = [t for t in study_plan.trials if t.key not in done]
+    skipped = len(study_plan.trials) - len(pending)
+    progress(f"study {spec.name!r}: {len(study_plan.trials)} trials planned, {skipped} already "
+             f"finished in MLflow ({uri}), {len(pending)} to run")
+    finished = failed = 0
+    if pending:
+        finished, failed = _tune(spec, study_plan, pending, out, tracker, experiment_id, parent_id,
+                                 address=address, num_cpus=num_cpus, verbose=verbose,
+                                 progress=progress)
+    tracker.finish(parent_id, "FAILED" if failed else "FINISHED")
+    return StudyRun(out_dir=out, tracking_uri=uri, experiment_id=experiment_id,
+                    parent_run_id=parent_id, planned=len(study_plan.trials), skipped=skipped,
+                    finished=finished, failed=failed, seconds=time.perf_counter() - t_start)
+
+
+def _tune(spec, study_plan, pending, out, tracker, experiment_id, parent_id, *, address,
+          num_cpus, verbose, progress) -> tuple[int, int]:
+    from ray import tune
+
+    init_ray(address, num_cpus, verbose)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
+    storage = out / "ray_results"
+    name = f"{spec.name}-" + hashlib.sha256(
+        "".join(sorted(t.key for t in pending)).encode()).hexdigest()[:10]
+    if (storage / name).exists():  # an interrupted attempt at the same pending set: start clean
+        shutil.rmtree(storage / name)
+    study_dict = spec.to_dict()
+    payloads = [{
+        "key": t.key, "position": t.index, "name": f"{t.params['rung']}|{t.params['objective']}|"
+        f"{t.params['diet']}|seed{t.params['seed']}", "describe": t.point.describe(),
+        "point": t.point.as_dict(), "loop": to_mapping(t.loop), "params": t.params,
+        "study": study_dict, "manifest": study_plan.manifest.path, "storage": str(storage),
+    } for t in pending]
+    callback = _make_callback(tracker, experiment_id, parent_id, len(study_plan.trials), progress)
+    tuner = tune.Tuner(
+        tune.with_resources(_trial_fn, {"CPU": 0.01}),
+        param_space={"trial": tune.grid_search(payloads)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials,
+                                    reuse_actors=False),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[callback],
+                                  verbose=1 if verbose else 0),
+    )
+    tuner.fit()
+    sys.stdout.flush()
+    return callback.finished, callback.failed
