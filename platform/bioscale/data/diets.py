@@ -88,8 +88,10 @@ def select(index: SampleIndex, diet: Diet, groups: frozenset[str]) -> Selection:
     for i in eligible:
         by_compound[index.perturbation_id[i]].append(int(i))
 
-    extra = sorted((c for c, rows in by_compound.items() if index.group[rows[0]] == "extra"),
-                   key=lambda c: rank_key(c, diet.diet_seed))
+    extra = sorted(
+        (c for c, rows in by_compound.items() if index.group[rows[0]] == "extra"),
+        key=lambda c: rank_key(c, diet.diet_seed),
+    )
     keep_extra = set(extra if diet.extra == "all" else extra[: diet.extra])
 
     kept: list[int] = []
@@ -99,5 +101,6 @@ def select(index: SampleIndex, diet: Diet, groups: frozenset[str]) -> Selection:
         ranked = sorted(rows, key=lambda i: rank_key(index.key[i], diet.diet_seed))
         kept.extend(ranked[: max(1, math.ceil(diet.replicates * len(ranked)))])
     rows = np.array(sorted(kept), dtype=np.int64)
-    return Selection(rows=rows, D_samples=len(rows),
-                     D_compounds=len(set(index.perturbation_id[rows])))
+    return Selection(
+        rows=rows, D_samples=len(rows), D_compounds=len(set(index.perturbation_id[rows]))
+    )

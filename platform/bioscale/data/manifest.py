@@ -57,8 +57,9 @@ def profile_schema(n_features: int) -> pa.Schema:
     )
 
 
-def write_profiles(path: str | Path, columns: dict[str, list], features: np.ndarray,
-                   row_group_size: int = 1024) -> Path:
+def write_profiles(
+    path: str | Path, columns: dict[str, list], features: np.ndarray, row_group_size: int = 1024
+) -> Path:
     """Write a profile manifest; several row groups so Ray Data reads it in parallel blocks.
 
     Args:
@@ -92,8 +93,14 @@ def validate_table(table: pa.Table | pa.Schema, source: str, payload: bool = Tru
             f"{', '.join(METADATA_COLUMNS)} and either 'features' (profiles) or path_<Dye> columns "
             "(images). Write it with `bioscale data synth profiles` or an importer."
         )
-    if payload and FEATURES not in schema.names and not any(n.startswith("path_") for n in schema.names):
-        raise ManifestError(f"manifest {source} has neither a 'features' column nor path_<Dye> columns")
+    if (
+        payload
+        and FEATURES not in schema.names
+        and not any(n.startswith("path_") for n in schema.names)
+    ):
+        raise ManifestError(
+            f"manifest {source} has neither a 'features' column nor path_<Dye> columns"
+        )
     if isinstance(table, pa.Table):
         groups = set(table.column("group").to_pylist())
         bad = sorted(str(g) for g in groups - set(GROUPS))
@@ -138,12 +145,19 @@ def inspect(path: str | Path) -> ManifestInfo:
     schema = pf.schema_arrow
     validate_table(schema, source=str(path))
     meta = schema.metadata or {}
-    kind = meta.get(META_KIND, b"profiles" if FEATURES in schema.names else b"cellpainting").decode()
+    kind = meta.get(
+        META_KIND, b"profiles" if FEATURES in schema.names else b"cellpainting"
+    ).decode()
     n_features = None
     if FEATURES in schema.names:
         n_features = schema.field(FEATURES).type.list_size
-    return ManifestInfo(path=str(Path(path).resolve()), sha=sha, kind=kind,
-                        n_rows=pf.metadata.num_rows, n_features=n_features)
+    return ManifestInfo(
+        path=str(Path(path).resolve()),
+        sha=sha,
+        kind=kind,
+        n_rows=pf.metadata.num_rows,
+        n_features=n_features,
+    )
 
 
 def read_metadata(path: str | Path) -> pa.Table:
@@ -156,7 +170,9 @@ def read_metadata(path: str | Path) -> pa.Table:
     return table
 
 
-def read_features(path: str | Path, sample_ids: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+def read_features(
+    path: str | Path, sample_ids: list[str] | None = None
+) -> tuple[list[str], np.ndarray]:
     """Read ``(sample_ids, features)`` for the given samples (all when ``None``), in that order.
 
     Used by the plain-torch path and tests; trials stream features with Ray Data instead.

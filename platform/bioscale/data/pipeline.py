@@ -16,8 +16,9 @@ import pyarrow.compute as pc
 from bioscale.data.manifest import FEATURES
 
 
-def _attach_labels(batch: pa.Table, *, sample_ids: pa.Array,
-                   labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _attach_labels(
+    batch: pa.Table, *, sample_ids: pa.Array, labels: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Keep the batch rows whose ``sample_id`` is selected; emit ``x`` (B, F) float32 + labels."""
     pos = pc.index_in(batch.column("sample_id"), value_set=sample_ids)
     keep = pc.is_valid(pos)
@@ -37,15 +38,23 @@ def read_profiles(manifest: str | Path, *, num_blocks: int = 4, cpus_per_task: f
     blocks (a one-row-group file would otherwise be a single block, PLATFORM_NOTES)."""
     import ray.data
 
-    ds = ray.data.read_parquet(str(manifest), columns=["sample_id", FEATURES], num_cpus=cpus_per_task)
+    ds = ray.data.read_parquet(
+        str(manifest), columns=["sample_id", FEATURES], num_cpus=cpus_per_task
+    )
     return ds.repartition(num_blocks)
 
 
-def with_labels(profiles, sample_ids: np.ndarray, labels: dict[str, np.ndarray], *,
-                cpus_per_task: float = 0.25):
+def with_labels(
+    profiles, sample_ids: np.ndarray, labels: dict[str, np.ndarray], *, cpus_per_task: float = 0.25
+):
     """Rows of ``profiles`` whose ``sample_id`` is selected, as ``{"x": (F,) float32, <label>:
     int64}``; ``labels`` are aligned with ``sample_ids``."""
     return profiles.map_batches(
-        _attach_labels, batch_format="pyarrow", num_cpus=cpus_per_task,
-        fn_kwargs={"sample_ids": pa.array(list(sample_ids), type=pa.string()),
-                   "labels": {k: np.asarray(v, dtype=np.int64) for k, v in labels.items()}})
+        _attach_labels,
+        batch_format="pyarrow",
+        num_cpus=cpus_per_task,
+        fn_kwargs={
+            "sample_ids": pa.array(list(sample_ids), type=pa.string()),
+            "labels": {k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
+        },
+    )

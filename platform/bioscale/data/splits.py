@@ -58,21 +58,48 @@ class SampleIndex:
 
     @classmethod
     def from_table(cls, table: pa.Table, splits: SplitConfig) -> SampleIndex:
-        col = {c: np.asarray(table.column(c).to_pylist(), dtype=object) for c in (
-            "sample_id", "source", "batch", "plate", "well", "site", "perturbation_id", "group",
-            "moa", "target")}
-        keys = np.array([sample_key(p, w, s) for p, w, s in zip(col["plate"], col["well"],
-                                                               col["site"], strict=True)], dtype=object)
+        col = {
+            c: np.asarray(table.column(c).to_pylist(), dtype=object)
+            for c in (
+                "sample_id",
+                "source",
+                "batch",
+                "plate",
+                "well",
+                "site",
+                "perturbation_id",
+                "group",
+                "moa",
+                "target",
+            )
+        }
+        keys = np.array(
+            [
+                sample_key(p, w, s)
+                for p, w, s in zip(col["plate"], col["well"], col["site"], strict=True)
+            ],
+            dtype=object,
+        )
         roles = _assign_roles(keys, col["perturbation_id"], col["group"], splits)
-        return cls(sample_id=col["sample_id"], key=keys, source=col["source"], batch=col["batch"],
-                   plate=col["plate"], perturbation_id=col["perturbation_id"], group=col["group"],
-                   moa=col["moa"], target=col["target"], role=roles)
+        return cls(
+            sample_id=col["sample_id"],
+            key=keys,
+            source=col["source"],
+            batch=col["batch"],
+            plate=col["plate"],
+            perturbation_id=col["perturbation_id"],
+            group=col["group"],
+            moa=col["moa"],
+            target=col["target"],
+            role=roles,
+        )
 
     def __len__(self) -> int:
         return len(self.sample_id)
 
-    def where(self, *, role: str | tuple[str, ...] | None = None,
-              groups: frozenset[str] | None = None) -> np.ndarray:
+    def where(
+        self, *, role: str | tuple[str, ...] | None = None, groups: frozenset[str] | None = None
+    ) -> np.ndarray:
         """Row indices with the given role(s) and group(s)."""
         mask = np.ones(len(self), dtype=bool)
         if role is not None:
@@ -82,8 +109,9 @@ class SampleIndex:
         return np.flatnonzero(mask)
 
 
-def _assign_roles(keys: np.ndarray, compounds: np.ndarray, groups: np.ndarray,
-                  splits: SplitConfig) -> np.ndarray:
+def _assign_roles(
+    keys: np.ndarray, compounds: np.ndarray, groups: np.ndarray, splits: SplitConfig
+) -> np.ndarray:
     roles = np.full(len(keys), "pool", dtype=object)
     by_compound: dict[str, list[int]] = defaultdict(list)
     for i, compound in enumerate(compounds):
@@ -95,15 +123,19 @@ def _assign_roles(keys: np.ndarray, compounds: np.ndarray, groups: np.ndarray,
             continue
         ranked = sorted(rows, key=lambda i: rank_key(keys[i], ROLE_SALT))
         if group == "seen":
-            wanted = [("probe_test", splits.probe_test), ("probe_val", splits.probe_val),
-                      ("probe_train", splits.probe_train), ("es_val", splits.early_stop_val)]
+            wanted = [
+                ("probe_test", splits.probe_test),
+                ("probe_val", splits.probe_val),
+                ("probe_train", splits.probe_train),
+                ("es_val", splits.early_stop_val),
+            ]
         else:
             wanted = [("es_val", splits.early_stop_val)]
         budget = max(len(ranked) - 1, 0)  # keep one sample for training
         pos = 0
         for role, count in wanted:
             take = min(count, budget)
-            roles[ranked[pos:pos + take]] = role
+            roles[ranked[pos : pos + take]] = role
             pos += take
             budget -= take
     return roles

@@ -88,8 +88,13 @@ def generate_profiles(cfg: SynthProfilesConfig, out_dir: str | Path) -> Path:
     compounds = []
     for m in range(cfg.n_moa):
         for _ in range(cfg.compounds_per_moa):
-            compounds.append({"mech": m, "moa": f"moa_{m:02d}",
-                              "target": f"TGT{m:02d}{chr(65 + int(rng.integers(0, 2)))}"})
+            compounds.append(
+                {
+                    "mech": m,
+                    "moa": f"moa_{m:02d}",
+                    "target": f"TGT{m:02d}{chr(65 + int(rng.integers(0, 2)))}",
+                }
+            )
     for _ in range(cfg.n_extra):
         compounds.append({"mech": int(rng.integers(0, n_mech)), "moa": None, "target": None})
     for i, c in enumerate(compounds):
@@ -97,12 +102,18 @@ def generate_profiles(cfg: SynthProfilesConfig, out_dir: str | Path) -> Path:
         c["inchikey"] = _inchikey(rng)
         c["smiles"] = _smiles(rng)
         c["concentration"] = float(np.round(10 ** rng.uniform(-1, 1), 3))  # µM
-        dose = 1.0 / (1.0 + np.exp(-2.0 * np.log10(c["concentration"] / 0.3)))  # Hill-like, EC50 0.3 µM
-        c["z"] = (0.5 + dose) * (centres[c["mech"]]
-                                + cfg.compound_spread * rng.normal(size=cfg.latent_dim))
+        dose = 1.0 / (
+            1.0 + np.exp(-2.0 * np.log10(c["concentration"] / 0.3))
+        )  # Hill-like, EC50 0.3 µM
+        c["z"] = (0.5 + dose) * (
+            centres[c["mech"]] + cfg.compound_spread * rng.normal(size=cfg.latent_dim)
+        )
 
-    groups = assign_groups({c["id"]: c["moa"] for c in compounds} | {CONTROL_ID: None},
-                           controls={CONTROL_ID}, novel_fraction=cfg.novel_fraction)
+    groups = assign_groups(
+        {c["id"]: c["moa"] for c in compounds} | {CONTROL_ID: None},
+        controls={CONTROL_ID},
+        novel_fraction=cfg.novel_fraction,
+    )
 
     # Fixed "biology → features" map: latent (k) → hidden (4k, GELU-like) → features.
     w1 = rng.normal(size=(cfg.latent_dim, 4 * cfg.latent_dim)) / np.sqrt(cfg.latent_dim)
@@ -161,19 +172,33 @@ def _write_csv_gz(path: Path, header: list[str], rows: list[list]) -> None:
         writer.writerows(rows)
 
 
-def _write_jump_metadata(out: Path, plates: list[tuple[str, str, str]], cols: dict[str, list],
-                         compounds: list[dict]) -> None:
+def _write_jump_metadata(
+    out: Path, plates: list[tuple[str, str, str]], cols: dict[str, list], compounds: list[dict]
+) -> None:
     """plate.csv.gz, well.csv.gz, compound.csv.gz in the JUMP layout, plus hub-style annotations."""
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv_gz(out / "plate.csv.gz",
-                  ["Metadata_Source", "Metadata_Batch", "Metadata_Plate", "Metadata_PlateType"],
-                  [[s, b, p, "COMPOUND"] for s, b, p in plates])
-    _write_csv_gz(out / "well.csv.gz",
-                  ["Metadata_Source", "Metadata_Plate", "Metadata_Well", "Metadata_JCP2022"],
-                  [[s, p, w, c] for s, p, w, c in zip(cols["source"], cols["plate"], cols["well"],
-                                                      cols["perturbation_id"], strict=True)])
-    _write_csv_gz(out / "compound.csv.gz",
-                  ["Metadata_JCP2022", "Metadata_InChIKey", "Metadata_InChI", "Metadata_SMILES"],
-                  [[c["id"], c["inchikey"], "", c["smiles"]] for c in compounds])
-    _write_csv_gz(out / "repurposing_annotations.csv.gz", ["InChIKey", "moa", "target"],
-                  [[c["inchikey"], c["moa"], c["target"]] for c in compounds if c["moa"]])
+    _write_csv_gz(
+        out / "plate.csv.gz",
+        ["Metadata_Source", "Metadata_Batch", "Metadata_Plate", "Metadata_PlateType"],
+        [[s, b, p, "COMPOUND"] for s, b, p in plates],
+    )
+    _write_csv_gz(
+        out / "well.csv.gz",
+        ["Metadata_Source", "Metadata_Plate", "Metadata_Well", "Metadata_JCP2022"],
+        [
+            [s, p, w, c]
+            for s, p, w, c in zip(
+                cols["source"], cols["plate"], cols["well"], cols["perturbation_id"], strict=True
+            )
+        ],
+    )
+    _write_csv_gz(
+        out / "compound.csv.gz",
+        ["Metadata_JCP2022", "Metadata_InChIKey", "Metadata_InChI", "Metadata_SMILES"],
+        [[c["id"], c["inchikey"], "", c["smiles"]] for c in compounds],
+    )
+    _write_csv_gz(
+        out / "repurposing_annotations.csv.gz",
+        ["InChIKey", "moa", "target"],
+        [[c["inchikey"], c["moa"], c["target"]] for c in compounds if c["moa"]],
+    )

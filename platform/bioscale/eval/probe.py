@@ -36,8 +36,9 @@ def topk_accuracy(proba: np.ndarray, classes: np.ndarray, y: np.ndarray, k: int)
     return float(np.mean((top == y[:, None]).any(axis=1)))
 
 
-def linear_probe(emb: np.ndarray, role: np.ndarray, label: np.ndarray, task: str,
-                 cfg: ProbeConfig) -> dict[str, float]:
+def linear_probe(
+    emb: np.ndarray, role: np.ndarray, label: np.ndarray, task: str, cfg: ProbeConfig
+) -> dict[str, float]:
     """Fit, select and score an L2 logistic-regression probe.
 
     Args:
@@ -71,5 +72,7 @@ def linear_probe(emb: np.ndarray, role: np.ndarray, label: np.ndarray, task: str
         rows = role == code
         proba = clf.predict_proba(z[rows])
         for k in cfg.topk:
-            metrics[f"probe/{task}/{split}/top{k}"] = topk_accuracy(proba, clf.classes_, label[rows], k)
+            metrics[f"probe/{task}/{split}/top{k}"] = topk_accuracy(
+                proba, clf.classes_, label[rows], k
+            )
     return metrics

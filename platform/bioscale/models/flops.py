@@ -13,7 +13,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def training_step_flops(model: torch.nn.Module, objective: Any, batch: dict[str, torch.Tensor]) -> float:
+def training_step_flops(
+    model: torch.nn.Module, objective: Any, batch: dict[str, torch.Tensor]
+) -> float:
     """FLOPs per sample of one forward+backward of ``objective.loss_terms`` on ``batch``."""
     model.train()
     with FlopCounterMode(display=False) as counter:

@@ -36,8 +36,9 @@ class LabelSpace:
     def num_classes(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.classes.items()}
 
-    def encode(self, index: SampleIndex, rows: np.ndarray,
-               sources: dict[str, np.ndarray]) -> Targets:
+    def encode(
+        self, index: SampleIndex, rows: np.ndarray, sources: dict[str, np.ndarray]
+    ) -> Targets:
         """Encode rows, dropping those whose label is outside the vocabulary (e.g. a val compound
         absent from a small diet). ``sources[col]`` holds each manifest row's raw label."""
         keep = np.ones(len(rows), dtype=bool)
@@ -74,8 +75,12 @@ class Objective:
     def label_space(self, index: SampleIndex, rows: np.ndarray) -> LabelSpace:
         """Vocabularies from the training rows (sorted, so stable across runs)."""
         raw = self.raw_labels(index)
-        return LabelSpace(classes={col: sorted({str(v) for v in values[rows] if v is not None})
-                                   for col, values in raw.items()})
+        return LabelSpace(
+            classes={
+                col: sorted({str(v) for v in values[rows] if v is not None})
+                for col, values in raw.items()
+            }
+        )
 
     def build_heads(self, embed_dim: int, labels: dict[str, int]) -> nn.ModuleDict:
         """One linear head per label column."""
@@ -83,6 +88,8 @@ class Objective:
 
         return nn.ModuleDict({col: nn.Linear(embed_dim, n) for col, n in labels.items()})
 
-    def loss_terms(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def loss_terms(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Named loss terms; ``loss`` is the total the loop backpropagates."""
         raise NotImplementedError

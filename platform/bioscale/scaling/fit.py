@@ -43,10 +43,20 @@ class FitResult:
     points: list[tuple[float, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"group": self.group, "law": self.law, "axis": self.axis,
-                "direction": self.direction, "metric": self.metric, "params": self.params,
-                "ci95": self.ci95, "n_points": self.n_points, "n_scales": self.n_scales,
-                "loss": self.loss, "backtest": self.backtest, "note": self.note}
+        return {
+            "group": self.group,
+            "law": self.law,
+            "axis": self.axis,
+            "direction": self.direction,
+            "metric": self.metric,
+            "params": self.params,
+            "ci95": self.ci95,
+            "n_points": self.n_points,
+            "n_scales": self.n_scales,
+            "loss": self.loss,
+            "backtest": self.backtest,
+            "note": self.note,
+        }
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The fitted curve in the metric's own terms (accuracy for ``direction: higher``)."""
@@ -63,8 +73,16 @@ def _theta_from_params(law: Law, params: dict[str, float]) -> np.ndarray:
     return np.array(out)
 
 
-def fit_law(x: np.ndarray, y: np.ndarray, *, law: str = "power", direction: str = "lower",
-            metric: str = "", axis: str = "D", group: dict[str, Any] | None = None) -> FitResult:
+def fit_law(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    law: str = "power",
+    direction: str = "lower",
+    metric: str = "",
+    axis: str = "D",
+    group: dict[str, Any] | None = None,
+) -> FitResult:
     """Fit ``law`` to points ``(x, y)``.
 
     Args:
@@ -87,13 +105,26 @@ def fit_law(x: np.ndarray, y: np.ndarray, *, law: str = "power", direction: str 
     ok = np.isfinite(x) & np.isfinite(err) & (x > 0) & (err > 0)
     x, err = x[ok], err[ok]
     n_scales = len(np.unique(x))
-    base = {"group": group or {}, "law": law, "axis": [axis], "direction": direction,
-            "metric": metric, "n_points": len(x), "n_scales": n_scales,
-            "points": list(zip(x.tolist(), (1.0 - err if direction == "higher" else err).tolist(), strict=True)),
-            "ci95": {k: None for k in spec.to_params(np.zeros(len(spec.theta_names)))}}
+    base = {
+        "group": group or {},
+        "law": law,
+        "axis": [axis],
+        "direction": direction,
+        "metric": metric,
+        "n_points": len(x),
+        "n_scales": n_scales,
+        "points": list(
+            zip(x.tolist(), (1.0 - err if direction == "higher" else err).tolist(), strict=True)
+        ),
+        "ci95": {k: None for k in spec.to_params(np.zeros(len(spec.theta_names)))},
+    }
     if n_scales < MIN_SCALES:
-        return FitResult(params=None, loss=None, note=f"needs at least {MIN_SCALES} distinct "
-                         f"scales, has {n_scales}", **base)
+        return FitResult(
+            params=None,
+            loss=None,
+            note=f"needs at least {MIN_SCALES} distinct scales, has {n_scales}",
+            **base,
+        )
     logx, logy = np.log(x), np.log(err)
 
     def objective(theta: np.ndarray) -> float:
@@ -104,5 +135,9 @@ def fit_law(x: np.ndarray, y: np.ndarray, *, law: str = "power", direction: str 
         res = minimize(objective, start, method="L-BFGS-B")
         if best is None or res.fun < best.fun:
             best = res
-    return FitResult(params=spec.to_params(best.x), loss=float(best.fun),
-                     note="95% intervals need the bootstrap (not computed)", **base)
+    return FitResult(
+        params=spec.to_params(best.x),
+        loss=float(best.fun),
+        note="95% intervals need the bootstrap (not computed)",
+        **base,
+    )

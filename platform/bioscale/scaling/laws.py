@@ -47,19 +47,40 @@ def _power_log_predict(theta: np.ndarray, logx: np.ndarray) -> np.ndarray:
 
 
 def _power_grid() -> list[np.ndarray]:
-    return [np.array([e, a, al]) for e in (-6.0, -3.0, -1.5, -0.5, 0.0)
-            for a in (-1.0, 1.0, 3.0, 6.0) for al in (0.05, 0.2, 0.5, 1.0, 2.0)]
+    return [
+        np.array([e, a, al])
+        for e in (-6.0, -3.0, -1.5, -0.5, 0.0)
+        for a in (-1.0, 1.0, 3.0, 6.0)
+        for al in (0.05, 0.2, 0.5, 1.0, 2.0)
+    ]
 
 
-LAWS.register("power", Law(
-    name="power", formula="y = E + A·x^(−α)", theta_names=("log_E", "log_A", "alpha"),
-    log_predict=_power_log_predict,
-    to_params=lambda t: {"E": float(np.exp(t[0])), "A": float(np.exp(t[1])), "alpha": float(t[2])},
-    init_grid=_power_grid))
+LAWS.register(
+    "power",
+    Law(
+        name="power",
+        formula="y = E + A·x^(−α)",
+        theta_names=("log_E", "log_A", "alpha"),
+        log_predict=_power_log_predict,
+        to_params=lambda t: {
+            "E": float(np.exp(t[0])),
+            "A": float(np.exp(t[1])),
+            "alpha": float(t[2]),
+        },
+        init_grid=_power_grid,
+    ),
+)
 
-LAWS.register("pure_power", Law(
-    name="pure_power", formula="y = A·x^(−α)", theta_names=("log_A", "alpha"),
-    log_predict=lambda t, logx: t[0] - t[1] * logx,
-    to_params=lambda t: {"A": float(np.exp(t[0])), "alpha": float(t[1])},
-    init_grid=lambda: [np.array([a, al]) for a in (-1.0, 1.0, 3.0, 6.0)
-                       for al in (0.05, 0.2, 0.5, 1.0, 2.0)]))
+LAWS.register(
+    "pure_power",
+    Law(
+        name="pure_power",
+        formula="y = A·x^(−α)",
+        theta_names=("log_A", "alpha"),
+        log_predict=lambda t, logx: t[0] - t[1] * logx,
+        to_params=lambda t: {"A": float(np.exp(t[0])), "alpha": float(t[1])},
+        init_grid=lambda: [
+            np.array([a, al]) for a in (-1.0, 1.0, 3.0, 6.0) for al in (0.05, 0.2, 0.5, 1.0, 2.0)
+        ],
+    ),
+)

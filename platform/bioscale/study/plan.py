@@ -35,14 +35,21 @@ class GridPoint:
     seed: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rung": self.rung, "diet": asdict(self.diet),
-                "objective": {"name": self.objective.name, "params": self.objective.params},
-                "seed": self.seed}
+        return {
+            "rung": self.rung,
+            "diet": asdict(self.diet),
+            "objective": {"name": self.objective.name, "params": self.objective.params},
+            "seed": self.seed,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridPoint:
-        return cls(rung=data["rung"], diet=from_mapping(Diet, data["diet"], "point.diet"),
-                   objective=ObjectiveSpec(**data["objective"]), seed=int(data["seed"]))
+        return cls(
+            rung=data["rung"],
+            diet=from_mapping(Diet, data["diet"], "point.diet"),
+            objective=ObjectiveSpec(**data["objective"]),
+            seed=int(data["seed"]),
+        )
 
     def describe(self) -> str:
         return f"{self.rung} · {self.objective.label()} · {self.diet.label()} · seed {self.seed}"
@@ -84,10 +91,21 @@ class StudyPlan:
 def git_sha(cwd: str | Path | None = None) -> str:
     """The checkout's commit (``-dirty`` when it has uncommitted changes), or ``unknown``."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
@@ -97,8 +115,11 @@ def canonical_diet(diet: Diet, objective: Objective) -> Diet:
     """The diet as the objective sees it: axes it cannot use are zeroed (supervised ignores
     ``extra`` compounds and controls), so duplicate grid points collapse."""
     groups = objective.train_groups()
-    return replace(diet, extra=diet.extra if "extra" in groups else 0,
-                   controls=diet.controls and objective.uses_controls())
+    return replace(
+        diet,
+        extra=diet.extra if "extra" in groups else 0,
+        controls=diet.controls and objective.uses_controls(),
+    )
 
 
 def _excluded(point: GridPoint, rules: list[dict[str, Any]]) -> bool:
@@ -125,19 +146,25 @@ def expand(spec: StudySpec) -> tuple[list[GridPoint], list[tuple[GridPoint, str]
     dropped: list[tuple[GridPoint, str]] = []
     seen: dict[tuple, GridPoint] = {}
     for grid in spec.grids:
-        for rung, diet, obj, seed in itertools.product(grid.rung, grid.diet, grid.objective,
-                                                       spec.seeds):
+        for rung, diet, obj, seed in itertools.product(
+            grid.rung, grid.diet, grid.objective, spec.seeds
+        ):
             objective = objectives.build(obj.name, obj.params)
-            point = GridPoint(rung=rung, diet=canonical_diet(diet, objective), objective=obj,
-                              seed=seed)
+            point = GridPoint(
+                rung=rung, diet=canonical_diet(diet, objective), objective=obj, seed=seed
+            )
             if _excluded(GridPoint(rung=rung, diet=diet, objective=obj, seed=seed), spec.exclude):
                 dropped.append((point, "excluded by the study's exclude list"))
                 continue
             ident = (rung, obj.label(), point.diet, seed)
             if ident in seen:
                 if point.diet != diet or seen[ident] is not point:
-                    dropped.append((GridPoint(rung=rung, diet=diet, objective=obj, seed=seed),
-                                    f"same data as '{seen[ident].describe()}' for {obj.name}"))
+                    dropped.append(
+                        (
+                            GridPoint(rung=rung, diet=diet, objective=obj, seed=seed),
+                            f"same data as '{seen[ident].describe()}' for {obj.name}",
+                        )
+                    )
                 continue
             seen[ident] = point
             kept.append(point)
@@ -168,8 +195,9 @@ def trial_data(index: SampleIndex, point: GridPoint) -> tuple[TrialData, dict[st
 
 
 @cache
-def _size_and_flops(rung: str, in_features: int, objective_json: str,
-                    num_classes_json: str) -> tuple[int, int, str, float]:
+def _size_and_flops(
+    rung: str, in_features: int, objective_json: str, num_classes_json: str
+) -> tuple[int, int, str, float]:
     """(N, N_heads, family, flops_per_sample) of a rung under an objective, measured once."""
     import torch
 
@@ -192,52 +220,91 @@ def _size_and_flops(rung: str, in_features: int, objective_json: str,
     return count_parameters(backbone), count_parameters(heads), rung_cfg.family, flops
 
 
-def resolve(spec: StudySpec, info: mf.ManifestInfo, index: SampleIndex, point: GridPoint,
-            position: int, sha_of_code: str) -> tuple[Trial, TrialData]:
+def resolve(
+    spec: StudySpec,
+    info: mf.ManifestInfo,
+    index: SampleIndex,
+    point: GridPoint,
+    position: int,
+    sha_of_code: str,
+) -> tuple[Trial, TrialData]:
     """Resolve one grid point into a runnable trial (sizes, budget, lr, key, params)."""
     data, num_classes = trial_data(index, point)
     n_params, n_heads, family, flops = _size_and_flops(
-        point.rung, info.n_features, json.dumps(asdict(point.objective), sort_keys=True),
-        json.dumps(num_classes, sort_keys=True))
+        point.rung,
+        info.n_features,
+        json.dumps(asdict(point.objective), sort_keys=True),
+        json.dumps(num_classes, sort_keys=True),
+    )
     d_samples = len(data.train.rows)
     d_compounds = len(set(index.perturbation_id[data.train.rows]))
     max_epochs, max_samples = spec.train.budget.resolve(n_params, d_samples)
     loop = LoopConfig(
-        rung=point.rung, in_features=info.n_features, objective=point.objective.name,
-        objective_params=dict(point.objective.params), num_classes=num_classes,
-        max_epochs=max_epochs, max_samples=max_samples, lr=spec.train.lr.resolve(n_params),
-        weight_decay=spec.train.weight_decay, batch_size=spec.train.batch_size, seed=point.seed,
-        early_stopping=spec.train.early_stopping, checkpoint_every=spec.train.checkpoint_every,
-        probe=spec.probe, flops_per_sample=flops)
-    identity = {"point": point.as_dict(), "config": to_mapping(replace(loop, flops_per_sample=0.0)),
-                "splits": asdict(spec.data.splits), "manifest_sha": info.sha}
+        rung=point.rung,
+        in_features=info.n_features,
+        objective=point.objective.name,
+        objective_params=dict(point.objective.params),
+        num_classes=num_classes,
+        max_epochs=max_epochs,
+        max_samples=max_samples,
+        lr=spec.train.lr.resolve(n_params),
+        weight_decay=spec.train.weight_decay,
+        batch_size=spec.train.batch_size,
+        seed=point.seed,
+        early_stopping=spec.train.early_stopping,
+        checkpoint_every=spec.train.checkpoint_every,
+        probe=spec.probe,
+        flops_per_sample=flops,
+    )
+    identity = {
+        "point": point.as_dict(),
+        "config": to_mapping(replace(loop, flops_per_sample=0.0, report_interval_s=0.0)),
+        "splits": asdict(spec.data.splits),
+        "manifest_sha": info.sha,
+    }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     params = {
-        "rung": point.rung, "model_family": family, "N": n_params, "N_heads": n_heads,
-        "diet": point.diet.label(), "diet_seed": point.diet.diet_seed, "D_samples": d_samples,
-        "D_compounds": d_compounds, "objective": point.objective.label(), "seed": point.seed,
-        "epochs": max_epochs, "lr": loop.lr, "batch_size": loop.batch_size,
-        "manifest_sha": info.sha, "git_sha": sha_of_code,
+        "rung": point.rung,
+        "model_family": family,
+        "N": n_params,
+        "N_heads": n_heads,
+        "diet": point.diet.label(),
+        "diet_seed": point.diet.diet_seed,
+        "D_samples": d_samples,
+        "D_compounds": d_compounds,
+        "objective": point.objective.label(),
+        "seed": point.seed,
+        "epochs": max_epochs,
+        "lr": loop.lr,
+        "batch_size": loop.batch_size,
+        "manifest_sha": info.sha,
+        "git_sha": sha_of_code,
         "budget": json.dumps(asdict(spec.train.budget), sort_keys=True),
         "flops_per_sample": flops,
     }
     planned = max_samples if max_samples is not None else max_epochs * d_samples
-    return (Trial(index=position, point=point, key=key, loop=loop, params=params,
-                  planned_samples=planned), data)
+    return (
+        Trial(
+            index=position, point=point, key=key, loop=loop, params=params, planned_samples=planned
+        ),
+        data,
+    )
 
 
 def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
     """Resolve every grid point of ``spec`` against the manifest."""
     info = mf.inspect(manifest_path)
     if info.n_features is None:
-        raise mf.ManifestError(f"manifest {manifest_path} has no 'features' column; the "
-                               f"'{spec.data.kind}' study needs a profile manifest")
+        raise mf.ManifestError(
+            f"manifest {manifest_path} has no 'features' column; the "
+            f"'{spec.data.kind}' study needs a profile manifest"
+        )
     index = SampleIndex.from_table(mf.read_metadata(manifest_path), spec.data.splits)
     points, dropped = expand(spec)
     code = git_sha(Path(__file__).parent)
     trials = []
     for i, point in enumerate(points):
-        trial, data = resolve(spec, info, index, point, i, code)
+        trial, _ = resolve(spec, info, index, point, i, code)
         if trial.params["D_samples"] == 0:
             dropped.append((point, "the diet leaves no training samples for this objective"))
             continue

@@ -16,11 +16,15 @@ from typing import Any
 
 from bioscale.config import to_mapping
 from bioscale.data import manifest as mf
+from bioscale.names import NODE_IDS
 from bioscale.study.plan import StudyPlan, plan
 from bioscale.study.spec import StudySpec
-from bioscale.study.tracking import NODE_IDS, Tracker, default_uri
+from bioscale.study.tracking import Tracker, default_uri
 
 Progress = Callable[[str], None]
+#: Ray Train's controller polls workers every 2 s by default and a worker's report waits for the
+#: poll; short trials are dominated by it, so poll faster (cheap: one actor call).
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
 def _print(msg: str) -> None:
@@ -75,9 +79,16 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> None:
         return
     # Logical CPUs above the physical count: trial drivers and data tasks are light (PLATFORM_NOTES).
     cpus = num_cpus or max(4, 2 * (os.cpu_count() or 1))
-    ray.init(address="local", num_cpus=cpus, object_store_memory=2 * 1024**3,
-             log_to_driver=verbose, include_dashboard=False, configure_logging=True,
-             logging_level="WARNING")
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        object_store_memory=2 * 1024**3,
+        runtime_env={"env_vars": TRAIN_ENV},
+        log_to_driver=verbose,
+        include_dashboard=False,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
 
 
 def _trial_fn(config: dict[str, Any]) -> None:
@@ -106,22 +117,31 @@ def _trial_fn(config: dict[str, Any]) -> None:
     # the object store (profiles are small), so the Train workers' CPUs never wait on decode tasks.
     ray.data.DataContext.get_current().enable_progress_bars = False
     profiles = read_profiles(manifest, cpus_per_task=res.data_cpus_per_task).materialize()
-    datasets = {name: with_labels(profiles, ids[t.rows], t.columns,
-                                  cpus_per_task=res.data_cpus_per_task).materialize()
-                for name, t in (("train", data.train), ("val", data.val), ("probe", data.probe))}
+    datasets = {
+        name: with_labels(
+            profiles, ids[t.rows], t.columns, cpus_per_task=res.data_cpus_per_task
+        ).materialize()
+        for name, t in (("train", data.train), ("val", data.val), ("probe", data.probe))
+    }
     use_gpu = res.gpus_per_worker > 0
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if use_gpu else {})
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"loop": payload["loop"],
-                           "batch_size_per_worker": max(2, spec.train.batch_size // res.workers_per_trial)},
-        scaling_config=ScalingConfig(num_workers=res.workers_per_trial, use_gpu=use_gpu,
-                                     resources_per_worker=per_worker),
+        train_loop_config={
+            "loop": payload["loop"],
+            "batch_size_per_worker": max(2, spec.train.batch_size // res.workers_per_trial),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=res.workers_per_trial, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=RunConfig(name=f"trial-{payload['key'][:16]}", storage_path=payload["storage"],
-                             callbacks=[TuneReportCallback()],
-                             failure_config=FailureConfig(max_failures=res.max_failures)),
+        run_config=RunConfig(
+            name=f"trial-{payload['key'][:16]}",
+            storage_path=payload["storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=res.max_failures),
+        ),
     )
     result = trainer.fit()
     if result.error is not None:
@@ -129,8 +149,9 @@ def _trial_fn(config: dict[str, Any]) -> None:
     ray.tune.report({"perf/trial_seconds": time.perf_counter() - t0, "trial_complete": 1})
 
 
-def _make_callback(tracker: Tracker, experiment_id: str, parent_id: str, total: int,
-                   progress: Progress):
+def _make_callback(
+    tracker: Tracker, experiment_id: str, parent_id: str, total: int, progress: Progress
+):
     from ray.tune import Callback
 
     class StudyCallback(Callback):
@@ -152,13 +173,17 @@ def _make_callback(tracker: Tracker, experiment_id: str, parent_id: str, total: 
             self.started[key] = time.perf_counter()
             if key not in self.run_ids:
                 self.run_ids[key] = tracker.start_trial(
-                    experiment_id, parent_id, key, payload["name"], payload["params"])
+                    experiment_id, parent_id, key, payload["name"], payload["params"]
+                )
             progress(f"  ▶ trial {payload['position'] + 1}/{total} started: {payload['describe']}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = self._key(trial)
-            step = int(result.get("epoch") or result.get("train/epochs") or 0)
-            tracker.log_metrics(self.run_ids[key], result, step=step)
+            for epoch in result.get("history", ()):
+                tracker.log_metrics(self.run_ids[key], epoch, step=int(epoch["epoch"]))
+            if "history" not in result:
+                step = int(result.get("train/epochs") or result.get("epoch") or 0)
+                tracker.log_metrics(self.run_ids[key], result, step=step)
             self.last.setdefault(key, {}).update(result)
             if "node_ids" in result:
                 tracker.client.set_tag(self.run_ids[key], NODE_IDS, result["node_ids"])
@@ -172,16 +197,19 @@ def _make_callback(tracker: Tracker, experiment_id: str, parent_id: str, total: 
                 self.on_trial_error(iteration, trials, trial)
                 return
             overhead = last.get("perf/trial_seconds", 0.0) - last.get("compute/seconds", 0.0)
-            tracker.log_metrics(run_id, {"perf/overhead_seconds": overhead},
-                                step=int(last.get("train/epochs", 0)))
+            tracker.log_metrics(
+                run_id, {"perf/overhead_seconds": overhead}, step=int(last.get("train/epochs", 0))
+            )
             tracker.finish(run_id, "FINISHED")
             self.finished += 1
             probe = last.get("probe/moa/novel_compounds/top1", float("nan"))
-            progress(f"  ✓ trial {payload['position'] + 1}/{total} finished in "
-                     f"{last.get('perf/trial_seconds', 0.0):.1f} s "
-                     f"({int(last.get('train/epochs', 0))} epochs, "
-                     f"{last.get('compute/seconds', 0.0):.1f} s training): "
-                     f"MoA top-1 on novel compounds {probe:.3f}")
+            progress(
+                f"  ✓ trial {payload['position'] + 1}/{total} finished in "
+                f"{last.get('perf/trial_seconds', 0.0):.1f} s "
+                f"({int(last.get('train/epochs', 0))} epochs, "
+                f"{last.get('compute/seconds', 0.0):.1f} s training): "
+                f"MoA top-1 on novel compounds {probe:.3f}"
+            )
 
         def on_trial_error(self, iteration, trials, trial, **info):
             key = self._key(trial)
@@ -190,15 +218,23 @@ def _make_callback(tracker: Tracker, experiment_id: str, parent_id: str, total: 
                 tracker.finish(self.run_ids[key], "FAILED")
             self.failed += 1
             where = getattr(trial, "error_file", None) or getattr(trial, "path", "")
-            progress(f"  ✗ trial {payload['position'] + 1}/{total} FAILED: {payload['describe']} "
-                     f"(error log: {where})")
+            progress(
+                f"  ✗ trial {payload['position'] + 1}/{total} FAILED: {payload['describe']} "
+                f"(error log: {where})"
+            )
 
     return StudyCallback()
 
 
-def run_study(spec: StudySpec, out_dir: str | Path, *, address: str | None = None,
-              num_cpus: int | None = None, verbose: bool = False,
-              progress: Progress = _print) -> StudyRun:
+def run_study(
+    spec: StudySpec,
+    out_dir: str | Path,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+    progress: Progress = _print,
+) -> StudyRun:
     """Run every trial of ``spec`` that MLflow does not already hold as FINISHED."""
     t_start = time.perf_counter()
     out = Path(out_dir).resolve()
@@ -212,21 +248,53 @@ def run_study(spec: StudySpec, out_dir: str | Path, *, address: str | None = Non
     done = tracker.finished_trial_keys(experiment_id)
     pending = [t for t in study_plan.trials if t.key not in done]
     skipped = len(study_plan.trials) - len(pending)
-    progress(f"study {spec.name!r}: {len(study_plan.trials)} trials planned, {skipped} already "
-             f"finished in MLflow ({uri}), {len(pending)} to run")
+    progress(
+        f"study {spec.name!r}: {len(study_plan.trials)} trials planned, {skipped} already "
+        f"finished in MLflow ({uri}), {len(pending)} to run"
+    )
     finished = failed = 0
     if pending:
-        finished, failed = _tune(spec, study_plan, pending, out, tracker, experiment_id, parent_id,
-                                 address=address, num_cpus=num_cpus, verbose=verbose,
-                                 progress=progress)
+        finished, failed = _tune(
+            spec,
+            study_plan,
+            pending,
+            out,
+            tracker,
+            experiment_id,
+            parent_id,
+            address=address,
+            num_cpus=num_cpus,
+            verbose=verbose,
+            progress=progress,
+        )
     tracker.finish(parent_id, "FAILED" if failed else "FINISHED")
-    return StudyRun(out_dir=out, tracking_uri=uri, experiment_id=experiment_id,
-                    parent_run_id=parent_id, planned=len(study_plan.trials), skipped=skipped,
-                    finished=finished, failed=failed, seconds=time.perf_counter() - t_start)
+    return StudyRun(
+        out_dir=out,
+        tracking_uri=uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent_id,
+        planned=len(study_plan.trials),
+        skipped=skipped,
+        finished=finished,
+        failed=failed,
+        seconds=time.perf_counter() - t_start,
+    )
 
 
-def _tune(spec, study_plan, pending, out, tracker, experiment_id, parent_id, *, address,
-          num_cpus, verbose, progress) -> tuple[int, int]:
+def _tune(
+    spec,
+    study_plan,
+    pending,
+    out,
+    tracker,
+    experiment_id,
+    parent_id,
+    *,
+    address,
+    num_cpus,
+    verbose,
+    progress,
+) -> tuple[int, int]:
     from ray import tune
 
     init_ray(address, num_cpus, verbose)
@@ -234,25 +302,39 @@ def _tune(spec, study_plan, pending, out, tracker, experiment_id, parent_id, *, 
 
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     storage = out / "ray_results"
-    name = f"{spec.name}-" + hashlib.sha256(
-        "".join(sorted(t.key for t in pending)).encode()).hexdigest()[:10]
+    name = (
+        f"{spec.name}-"
+        + hashlib.sha256("".join(sorted(t.key for t in pending)).encode()).hexdigest()[:10]
+    )
     if (storage / name).exists():  # an interrupted attempt at the same pending set: start clean
         shutil.rmtree(storage / name)
     study_dict = spec.to_dict()
-    payloads = [{
-        "key": t.key, "position": t.index, "name": f"{t.params['rung']}|{t.params['objective']}|"
-        f"{t.params['diet']}|seed{t.params['seed']}", "describe": t.point.describe(),
-        "point": t.point.as_dict(), "loop": to_mapping(t.loop), "params": t.params,
-        "study": study_dict, "manifest": study_plan.manifest.path, "storage": str(storage),
-    } for t in pending]
+    payloads = [
+        {
+            "key": t.key,
+            "position": t.index,
+            "name": f"{t.params['rung']}|{t.params['objective']}|"
+            f"{t.params['diet']}|seed{t.params['seed']}",
+            "describe": t.point.describe(),
+            "point": t.point.as_dict(),
+            "loop": to_mapping(t.loop),
+            "params": t.params,
+            "study": study_dict,
+            "manifest": study_plan.manifest.path,
+            "storage": str(storage),
+        }
+        for t in pending
+    ]
     callback = _make_callback(tracker, experiment_id, parent_id, len(study_plan.trials), progress)
     tuner = tune.Tuner(
         tune.with_resources(_trial_fn, {"CPU": 0.01}),
         param_space={"trial": tune.grid_search(payloads)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials,
-                                    reuse_actors=False),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[callback],
-                                  verbose=1 if verbose else 0),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=spec.resources.max_concurrent_trials, reuse_actors=False
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), callbacks=[callback], verbose=1 if verbose else 0
+        ),
     )
     tuner.fit()
     sys.stdout.flush()

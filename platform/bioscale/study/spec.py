@@ -50,8 +50,10 @@ class DataSpec:
 
     def __post_init__(self) -> None:
         if (self.manifest is None) == (self.synthetic is None):
-            raise ConfigError("data: set exactly one of 'manifest' (a Parquet manifest) or "
-                              "'synthetic' (generate a synthetic screen)")
+            raise ConfigError(
+                "data: set exactly one of 'manifest' (a Parquet manifest) or "
+                "'synthetic' (generate a synthetic screen)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +65,11 @@ class GridSpec:
     objective: list[ObjectiveSpec | str]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "objective", [ObjectiveSpec(name=o) if isinstance(o, str) else o
-                                               for o in self.objective])
+        object.__setattr__(
+            self,
+            "objective",
+            [ObjectiveSpec(name=o) if isinstance(o, str) else o for o in self.objective],
+        )
         for axis in ("rung", "diet", "objective"):
             if not getattr(self, axis):
                 raise ConfigError(f"grids: axis {axis!r} is empty")
@@ -127,8 +132,10 @@ class StudySpec:
         for i, rule in enumerate(self.exclude):
             bad = set(rule) - allowed
             if bad:
-                raise ConfigError(f"exclude[{i}]: unknown key {sorted(bad)[0]!r}; allowed keys: "
-                                  f"{', '.join(sorted(allowed))}")
+                raise ConfigError(
+                    f"exclude[{i}]: unknown key {sorted(bad)[0]!r}; allowed keys: "
+                    f"{', '.join(sorted(allowed))}"
+                )
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "study") -> StudySpec:

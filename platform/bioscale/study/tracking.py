@@ -17,14 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bioscale.errors import TrackingError
-
-KIND = "bioscale.kind"
-TRIAL_KEY = "bioscale.trial_key"
-NODE_IDS = "bioscale.node_ids"
-STUDY_SHA = "bioscale.study_sha"
-PARENT = "mlflow.parentRunId"
-METRIC_PREFIXES = ("train/", "val/", "perf/", "probe/", "compute/", "retrieval/", "align/",
-                   "neural/", "adv/", "leakage/")
+from bioscale.names import FIT_ID, KIND, METRIC_PREFIXES, PARENT, STUDY_SHA, TRIAL_KEY
 
 
 def default_uri(out_dir: str | Path) -> str:
@@ -33,8 +26,12 @@ def default_uri(out_dir: str | Path) -> str:
 
 
 def is_metric(key: str, value: Any) -> bool:
-    return (key.startswith(METRIC_PREFIXES) and isinstance(value, int | float)
-            and not isinstance(value, bool) and math.isfinite(value))
+    return (
+        key.startswith(METRIC_PREFIXES)
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
 
 
 class Tracker:
@@ -59,7 +56,8 @@ class Tracker:
             raise TrackingError(
                 f"MLflow tracking server {self.uri} is not reachable ({err}). Start it, fix "
                 "tracking.uri / MLFLOW_TRACKING_URI, or set tracking.uri: null for a local SQLite "
-                "store. Nothing was run, so nothing is lost.") from None
+                "store. Nothing was run, so nothing is lost."
+            ) from None
 
     def experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -74,8 +72,9 @@ class Tracker:
         query = f"tags.`{KIND}` = '{kind}'" + (f" and {extra_filter}" if extra_filter else "")
         out, token = [], None
         while True:
-            page = self.client.search_runs([experiment_id], filter_string=query,
-                                           max_results=1000, page_token=token)
+            page = self.client.search_runs(
+                [experiment_id], filter_string=query, max_results=1000, page_token=token
+            )
             out.extend(page)
             token = page.token
             if not token:
@@ -88,8 +87,9 @@ class Tracker:
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
-            run = self.client.create_run(experiment_id, run_name=study_name,
-                                         tags={KIND: "study", STUDY_SHA: study_sha})
+            run = self.client.create_run(
+                experiment_id, run_name=study_name, tags={KIND: "study", STUDY_SHA: study_sha}
+            )
             run_id = run.info.run_id
         self.client.set_tag(run_id, STUDY_SHA, study_sha)
         return run_id
@@ -99,10 +99,12 @@ class Tracker:
         runs = self.runs(experiment_id, "trial", "attributes.status = 'FINISHED'")
         return {r.data.tags[TRIAL_KEY]: r.info.run_id for r in runs if TRIAL_KEY in r.data.tags}
 
-    def start_trial(self, experiment_id: str, parent_id: str, key: str, name: str,
-                    params: dict[str, Any]) -> str:
-        run = self.client.create_run(experiment_id, run_name=name,
-                                     tags={KIND: "trial", PARENT: parent_id, TRIAL_KEY: key})
+    def start_trial(
+        self, experiment_id: str, parent_id: str, key: str, name: str, params: dict[str, Any]
+    ) -> str:
+        run = self.client.create_run(
+            experiment_id, run_name=name, tags={KIND: "trial", PARENT: parent_id, TRIAL_KEY: key}
+        )
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -117,15 +119,28 @@ class Tracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if is_metric(k, v)]
         for start in range(0, len(batch), 500):
-            self._retry(lambda chunk=batch[start:start + 500]: self.client.log_batch(run_id, metrics=chunk))
+            self._retry(
+                lambda chunk=batch[start : start + 500]: self.client.log_batch(
+                    run_id, metrics=chunk
+                )
+            )
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self._retry(lambda: self.client.set_terminated(run_id, status=status))
 
-    def child_run(self, experiment_id: str, parent_id: str, kind: str, name: str,
-                  tags: dict[str, str] | None = None) -> str:
-        run = self.client.create_run(experiment_id, run_name=name,
-                                     tags={KIND: kind, PARENT: parent_id, **(tags or {})})
+    def child_run(
+        self, experiment_id: str, parent_id: str, kind: str, name: str, ident: str
+    ) -> str:
+        """A ``fit`` or ``report`` child run identified by ``ident``: reused when it exists, so
+        analysing a study again updates its fits instead of piling up copies."""
+        existing = self.runs(experiment_id, kind, f"tags.`{FIT_ID}` = '{ident}'")
+        if existing:
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            experiment_id, run_name=name, tags={KIND: kind, PARENT: parent_id, FIT_ID: ident}
+        )
         return run.info.run_id
 
     def log_artifacts(self, run_id: str, paths: Iterable[str | Path]) -> None:

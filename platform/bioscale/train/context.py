@@ -46,8 +46,15 @@ class LocalContext:
     rank = 0
     world_size = 1
 
-    def __init__(self, *, train: dict[str, np.ndarray], evals: dict[str, dict[str, np.ndarray]],
-                 batch_size: int, seed: int = 0, checkpoint_root: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        train: dict[str, np.ndarray],
+        evals: dict[str, dict[str, np.ndarray]],
+        batch_size: int,
+        seed: int = 0,
+        checkpoint_root: str | None = None,
+    ) -> None:
         self.device = torch.device("cpu")
         self._train = train
         self._evals = evals
@@ -61,15 +68,19 @@ class LocalContext:
         n = len(next(iter(self._train.values())))
         order = np.random.default_rng((self._seed, epoch)).permutation(n)
         for start in range(0, n, self._batch_size):
-            rows = order[start:start + self._batch_size]
-            yield {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in self._train.items()}
+            rows = order[start : start + self._batch_size]
+            yield {
+                k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in self._train.items()
+            }
 
     def eval_batches(self, name: str) -> Iterator[dict[str, torch.Tensor]]:
         data = self._evals[name]
         n = len(next(iter(data.values())))
         for start in range(0, n, self._batch_size):
-            yield {k: torch.from_numpy(np.ascontiguousarray(v[start:start + self._batch_size]))
-                   for k, v in data.items()}
+            yield {
+                k: torch.from_numpy(np.ascontiguousarray(v[start : start + self._batch_size]))
+                for k, v in data.items()
+            }
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)

@@ -47,6 +47,7 @@ class LoopConfig:
     seed: int
     early_stopping: EarlyStopping | None = None
     checkpoint_every: int = 5
+    report_interval_s: float = 10.0
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     probe_task: str = "moa"
     flops_per_sample: float = 0.0
@@ -77,8 +78,12 @@ _NO_DECAY_NAMES = ("cls_token", "pos_embed", "dist_token", "reg_token", "mask_to
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on weights; none on norms, biases, embeddings and class tokens."""
-    no_decay_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
-                    for p in m.parameters(recurse=False)}
+    no_decay_ids = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.Embedding)
+        for p in m.parameters(recurse=False)
+    }
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -87,8 +92,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -120,7 +127,9 @@ def embed(backbone: nn.Module, batches, device: torch.device) -> dict[str, np.nd
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def run(cfg: LoopConfig, ctx: TrainContext, extra_final: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    cfg: LoopConfig, ctx: TrainContext, extra_final: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Train, restore the best weights, probe; return rank 0's final metrics (plus ``extra_final``)."""
     torch.manual_seed(cfg.seed * 1000 + ctx.rank)
     np.random.seed(cfg.seed)
@@ -128,8 +137,15 @@ def run(cfg: LoopConfig, ctx: TrainContext, extra_final: dict[str, Any] | None =
     model = ctx.prepare_model(net)
     optimizer = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr)
 
-    state = {"epoch": 0, "samples_seen": 0, "best_val": math.inf, "best_epoch": -1,
-             "bad_epochs": 0, "step_seconds": 0.0, "loop_seconds": 0.0}
+    state = {
+        "epoch": 0,
+        "samples_seen": 0,
+        "best_val": math.inf,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "step_seconds": 0.0,
+        "loop_seconds": 0.0,
+    }
     best_weights: dict[str, torch.Tensor] | None = None
     resumed = ctx.latest_checkpoint()
     if resumed is not None:
@@ -142,6 +158,8 @@ def run(cfg: LoopConfig, ctx: TrainContext, extra_final: dict[str, Any] | None =
 
     es = cfg.early_stopping
     stop = False
+    history: list[dict[str, Any]] = []
+    last_report = time.monotonic()
     while state["epoch"] < cfg.max_epochs and not stop:
         epoch = state["epoch"]
         model.train()
@@ -163,8 +181,10 @@ def run(cfg: LoopConfig, ctx: TrainContext, extra_final: dict[str, Any] | None =
             n_local += n
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
-            if cfg.max_samples is not None and \
-                    state["samples_seen"] + n_local * ctx.world_size >= cfg.max_samples:
+            if (
+                cfg.max_samples is not None
+                and state["samples_seen"] + n_local * ctx.world_size >= cfg.max_samples
+            ):
                 stop = True
                 break
         epoch_s = time.perf_counter() - t_epoch
@@ -184,19 +204,30 @@ def run(cfg: LoopConfig, ctx: TrainContext, extra_final: dict[str, Any] | None =
                 best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
             elif es is not None and epoch + 1 > es.warmup_epochs:
                 state["bad_epochs"] += 1
-            if es is not None and epoch + 1 > es.warmup_epochs and state["bad_epochs"] >= es.patience:
+            if (
+                es is not None
+                and epoch + 1 > es.warmup_epochs
+                and state["bad_epochs"] >= es.patience
+            ):
                 stop = True
         # ranks agree on stopping even if their floating-point val losses differ in the last bit
         stop = ctx.all_reduce_max(1.0 if stop else 0.0) > 0.5
 
+        # Epoch metrics go out in batches ("history"): a Ray Train report costs up to one controller
+        # poll, so reporting every epoch of a fast trial would dominate its wall time.
+        history.append(metrics)
         finishing = stop or state["epoch"] >= cfg.max_epochs
-        if finishing:
-            metrics["train/early_stopped"] = float(stop and val is not None)
-            ctx.report(metrics)
-        elif cfg.checkpoint_every and state["epoch"] % cfg.checkpoint_every == 0:
-            _report_with_checkpoint(ctx, metrics, net, optimizer, state, best_weights)
-        else:
-            ctx.report(metrics)
+        checkpoint_due = bool(cfg.checkpoint_every) and state["epoch"] % cfg.checkpoint_every == 0
+        if finishing or checkpoint_due or time.monotonic() - last_report >= cfg.report_interval_s:
+            if finishing:
+                history[-1]["train/early_stopped"] = float(stop and val is not None)
+            batch = {**history[-1], "history": history}
+            if checkpoint_due and not finishing:
+                _report_with_checkpoint(ctx, batch, net, optimizer, state, best_weights)
+            else:
+                ctx.report(batch)
+            history = []
+            last_report = time.monotonic()
 
     if best_weights is not None:
         net.load_state_dict(best_weights)
@@ -212,20 +243,35 @@ def run(cfg: LoopConfig, ctx: TrainContext, extra_final: dict[str, Any] | None =
     }
     if ctx.rank == 0:
         probe_data = embed(net.backbone, ctx.eval_batches("probe"), ctx.device)
-        final |= linear_probe(probe_data["emb"], probe_data["role"], probe_data["label"],
-                              cfg.probe_task, cfg.probe)
-        final["val/best_loss"] = state["best_val"] if math.isfinite(state["best_val"]) else float("nan")
+        final |= linear_probe(
+            probe_data["emb"], probe_data["role"], probe_data["label"], cfg.probe_task, cfg.probe
+        )
+        final["val/best_loss"] = (
+            state["best_val"] if math.isfinite(state["best_val"]) else float("nan")
+        )
     _report_with_checkpoint(ctx, final, net, optimizer, state, best_weights)
     return final
 
 
-def _report_with_checkpoint(ctx: TrainContext, metrics: dict[str, Any], net: nn.Module,
-                            optimizer: torch.optim.Optimizer, state: dict[str, Any],
-                            best_weights: dict[str, torch.Tensor] | None) -> None:
+def _report_with_checkpoint(
+    ctx: TrainContext,
+    metrics: dict[str, Any],
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    best_weights: dict[str, torch.Tensor] | None,
+) -> None:
     if ctx.rank != 0:
         ctx.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="bioscale-ckpt-") as tmp:
-        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "state": dict(state), "best_weights": best_weights}, Path(tmp) / "state.pt")
+        torch.save(
+            {
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": dict(state),
+                "best_weights": best_weights,
+            },
+            Path(tmp) / "state.pt",
+        )
         ctx.report(metrics, checkpoint_dir=tmp)

@@ -35,8 +35,11 @@ class RayContext:
 
         shard = ray.train.get_dataset_shard("train")
         return shard.iter_torch_batches(
-            batch_size=self._batch_size, local_shuffle_buffer_size=4 * self._batch_size,
-            local_shuffle_seed=self._seed * 100_003 + epoch, device=self.device)
+            batch_size=self._batch_size,
+            local_shuffle_buffer_size=4 * self._batch_size,
+            local_shuffle_seed=self._seed * 100_003 + epoch,
+            device=self.device,
+        )
 
     def eval_batches(self, name: str) -> Iterator[dict[str, torch.Tensor]]:
         """Whole eval sets, kept in memory after the first pass (``val`` is read every epoch)."""
@@ -44,7 +47,9 @@ class RayContext:
 
         if name not in self._cache:
             shard = ray.train.get_dataset_shard(name)
-            self._cache[name] = list(shard.iter_torch_batches(batch_size=max(self._batch_size, 512)))
+            self._cache[name] = list(
+                shard.iter_torch_batches(batch_size=max(self._batch_size, 512))
+            )
         return iter(self._cache[name])
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -60,18 +60,25 @@ class Budget:
     samples_per_parameter: float | None = None
 
     def __post_init__(self) -> None:
-        set_fields = [n for n in ("epochs", "samples", "samples_per_parameter")
-                      if getattr(self, n) is not None]
+        set_fields = [
+            n
+            for n in ("epochs", "samples", "samples_per_parameter")
+            if getattr(self, n) is not None
+        ]
         if len(set_fields) != 1:
-            raise ConfigError("train.budget needs exactly one of epochs, samples, "
-                              f"samples_per_parameter (got {set_fields or 'none'})")
+            raise ConfigError(
+                "train.budget needs exactly one of epochs, samples, "
+                f"samples_per_parameter (got {set_fields or 'none'})"
+            )
 
     def resolve(self, n_params: int, d_samples: int) -> tuple[int, int | None]:
         """``(max_epochs, max_samples)`` for a rung of ``n_params`` on a diet of ``d_samples``."""
         if self.epochs is not None:
             return self.epochs, None
-        samples = self.samples if self.samples is not None else self.samples_per_parameter * n_params
-        samples = int(math.ceil(samples))
+        samples = (
+            self.samples if self.samples is not None else self.samples_per_parameter * n_params
+        )
+        samples = math.ceil(samples)
         return max(1, math.ceil(samples / max(d_samples, 1))), samples
 
 

@@ -1,0 +1,41 @@
+"""Frozen MLflow names shared by the study driver and the analysis (ARCHITECTURE "MLflow names")."""
+
+KIND = "bioscale.kind"  # study | trial | fit | report
+TRIAL_KEY = "bioscale.trial_key"
+NODE_IDS = "bioscale.node_ids"
+STUDY_SHA = "bioscale.study_sha"
+FIT_ID = "bioscale.fit_id"
+PARENT = "mlflow.parentRunId"
+
+#: The trial params every trial run carries.
+TRIAL_PARAMS = (
+    "rung",
+    "model_family",
+    "N",
+    "N_heads",
+    "diet",
+    "diet_seed",
+    "D_samples",
+    "D_compounds",
+    "objective",
+    "seed",
+    "epochs",
+    "lr",
+    "batch_size",
+    "manifest_sha",
+    "git_sha",
+)
+#: Metric namespaces bioscale logs.
+METRIC_PREFIXES = (
+    "train/",
+    "val/",
+    "perf/",
+    "probe/",
+    "compute/",
+    "retrieval/",
+    "align/",
+    "neural/",
+    "adv/",
+    "leakage/",
+    "fit/",
+)

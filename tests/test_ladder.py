@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from bioscale.errors import ConfigError
+from bioscale.models.ladder import count_parameters, get_rung, rung_names
+from bioscale.models.mlp import DEPTHS, WIDTHS
+from bioscale.objectives import registry as objectives
+from bioscale.train.loop import Network
+
+
+def test_ladder_has_the_published_grid_and_debug():
+    names = rung_names()
+    assert "debug" in names
+    for w in WIDTHS:
+        for depth in DEPTHS:
+            assert f"mlp:w{w}-l{depth}" in names
+
+
+def test_unknown_rung_names_the_choices():
+    with pytest.raises(ConfigError, match=r"unknown model rung 'mlp:w256-l4'.*mlp:w256-l3"):
+        get_rung("mlp:w256-l4")
+
+
+def test_backbone_shapes_and_parameter_count():
+    rung = get_rung("mlp:w128-l3")
+    net = rung.build(40)
+    assert net(torch.randn(5, 40)).shape == (5, 128)
+    # stem: Linear(40→128) + BN(128); 3 blocks of Linear(128→128) + BN(128)
+    expected = (40 * 128 + 128) + 2 * 128 + 3 * ((128 * 128 + 128) + 2 * 128)
+    assert count_parameters(net) == expected
+
+
+def test_N_excludes_heads_and_grows_with_the_rung():
+    sizes = [
+        count_parameters(get_rung(n).build(64))
+        for n in ("debug", "mlp:w128-l1", "mlp:w256-l3", "mlp:w1024-l9")
+    ]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 4
+    objective = objectives.build("ibp")
+    backbone = get_rung("debug").build(64)
+    heads = objective.build_heads(backbone.embed_dim, {"y": 10})
+    net = Network(backbone, heads)
+    assert count_parameters(net) - count_parameters(backbone) == 32 * 10 + 10
+
+
+def test_residual_every_other_block():
+    net = get_rung("mlp:w128-l3").build(8).eval()
+    for block in net.blocks:  # zero blocks: output = residual path only
+        for p in block.parameters():
+            torch.nn.init.zeros_(p)
+    x = torch.randn(3, 8)
+    h = net.stem(x)
+    # block 0: GELU(0)=0; block 1: 0 + 0 (input was 0); block 2: 0 → all zero
+    assert torch.allclose(net(x), torch.zeros(3, 128))
+    assert not torch.allclose(h, torch.zeros_like(h))

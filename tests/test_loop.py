@@ -1,0 +1,126 @@
+"""The training loop without Ray (LocalContext): learning, budgets, early stopping, resume."""
+
+import numpy as np
+import pytest
+
+from bioscale.data import manifest as mf
+from bioscale.data.diets import Diet
+from bioscale.data.splits import SampleIndex, SplitConfig
+from bioscale.eval.probe import ProbeConfig
+from bioscale.study.plan import GridPoint, trial_data
+from bioscale.study.spec import ObjectiveSpec
+from bioscale.train import loop
+from bioscale.train.context import LocalContext
+from bioscale.train.rules import Budget, EarlyStopping
+
+
+@pytest.fixture(scope="module")
+def data(synth_manifest):
+    index = SampleIndex.from_table(mf.read_metadata(synth_manifest), SplitConfig())
+    _, x = mf.read_features(synth_manifest)
+    return index, x
+
+
+def make(data, objective="ibp", **overrides):
+    index, x = data
+    point = GridPoint(
+        rung="debug",
+        diet=Diet(replicates=1.0, extra="all"),
+        objective=ObjectiveSpec(name=objective),
+        seed=0,
+    )
+    td, num_classes = trial_data(index, point)
+    cfg = loop.LoopConfig(
+        rung="debug",
+        in_features=x.shape[1],
+        objective=objective,
+        num_classes=num_classes,
+        max_epochs=overrides.pop("max_epochs", 6),
+        lr=3e-3,
+        weight_decay=1e-6,
+        batch_size=64,
+        seed=0,
+        probe=ProbeConfig(cs=(0.1, 1.0)),
+        flops_per_sample=100.0,
+        **overrides,
+    )
+
+    def ctx(**kw):
+        return LocalContext(
+            train={"x": x[td.train.rows], **td.train.columns},
+            evals={
+                "val": {"x": x[td.val.rows], **td.val.columns},
+                "probe": {"x": x[td.probe.rows], **td.probe.columns},
+            },
+            batch_size=64,
+            **kw,
+        )
+
+    return cfg, ctx, len(td.train.rows)
+
+
+def epoch_metrics(ctx):
+    """Per-epoch metrics, unbatched from the reports' ``history``."""
+    return [m for r in ctx.reports for m in r.get("history", ())]
+
+
+@pytest.mark.parametrize("objective", ["supervised", "ibp"])
+def test_loop_learns_and_probes(data, objective):
+    cfg, ctx, _ = make(data, objective)
+    c = ctx()
+    final = loop.run(cfg, c)
+    epochs = epoch_metrics(c)
+    assert len(epochs) == 6
+    assert epochs[-1]["train/loss"] < epochs[0]["train/loss"]
+    assert {"val/loss", "perf/samples_per_s", "train/ce"} <= set(epochs[0])
+    for split in ("seen_compounds", "novel_compounds"):
+        for k in ("top1", "top10"):
+            assert 0.0 <= final[f"probe/moa/{split}/{k}"] <= 1.0
+    assert final["probe/moa/seen_compounds/top10"] >= final["probe/moa/seen_compounds/top1"]
+    assert final["compute/flops"] == pytest.approx(100.0 * final["train/samples_seen"])
+
+
+def test_samples_budget_stops_mid_epoch(data):
+    cfg, ctx, _ = make(data, max_epochs=50, max_samples=2 * 64 + 10)
+    final = loop.run(cfg, ctx())
+    assert 2 * 64 + 10 <= final["train/samples_seen"] < 2 * 64 + 10 + 64
+    assert Budget(samples=1000).resolve(n_params=10, d_samples=300) == (4, 1000)
+    assert Budget(samples_per_parameter=20).resolve(n_params=100, d_samples=300) == (7, 2000)
+
+
+def test_early_stopping_stops_after_patience(data):
+    # lr so small nothing improves beyond noise; patience 1 after 1 warm-up epoch
+    cfg, ctx, _ = make(
+        data,
+        max_epochs=40,
+        early_stopping=EarlyStopping(patience=1, warmup_epochs=1, min_delta=10.0),
+    )
+    final = loop.run(cfg, ctx())
+    assert final["train/epochs"] == 2  # best at epoch 1, one bad epoch → stop
+    assert final["train/best_epoch"] == 1
+
+
+def test_resume_from_checkpoint_continues_where_it_stopped(data, tmp_path):
+    cfg, ctx, _ = make(data, max_epochs=4, checkpoint_every=2)
+    first = ctx(checkpoint_root=str(tmp_path / "a"))
+    full = loop.run(cfg, first)
+    # a fresh context that "was killed" after the epoch-2 checkpoint
+    resumed = ctx(checkpoint_root=str(tmp_path / "b"))
+    ckpts = sorted((tmp_path / "a").iterdir())
+    resumed._last_ckpt = str(ckpts[0])
+    again = loop.run(cfg, resumed)
+    epochs = [m["epoch"] for m in epoch_metrics(resumed)]
+    assert epochs == [3, 4]
+    assert again["train/samples_seen"] == full["train/samples_seen"]
+
+
+def test_weight_decay_groups_skip_norms_and_biases(data):
+    cfg, _, _ = make(data)
+    net, _ = loop.build_network(cfg)
+    decay, no_decay = loop.param_groups(net, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in decay["params"])
+    assert all(p.ndim == 1 for p in no_decay["params"])
+    n = sum(p.numel() for p in net.parameters())
+    assert n == sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert np.isfinite(n)
