@@ -281,6 +281,10 @@ def run_study(
     )
 
 
+def _trial_name(trial) -> str:
+    return f"tune-{trial.config['trial']['key'][:16]}"
+
+
 def _tune(
     spec,
     study_plan,
@@ -297,6 +301,8 @@ def _tune(
 ) -> tuple[int, int]:
     from ray import tune
 
+    if not verbose:  # Tune's default console output prints even at verbose=0
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     init_ray(address, num_cpus, verbose)
     import ray.data
 
@@ -330,7 +336,10 @@ def _tune(
         tune.with_resources(_trial_fn, {"CPU": 0.01}),
         param_space={"trial": tune.grid_search(payloads)},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=spec.resources.max_concurrent_trials, reuse_actors=False
+            max_concurrent_trials=spec.resources.max_concurrent_trials,
+            reuse_actors=False,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage), callbacks=[callback], verbose=1 if verbose else 0
