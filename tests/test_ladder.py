@@ -23,7 +23,7 @@ def test_unknown_rung_names_the_choices():
 
 def test_backbone_shapes_and_parameter_count():
     rung = get_rung("mlp:w128-l3")
-    net = rung.build(40)
+    net = rung.build((40,))
     assert net(torch.randn(5, 40)).shape == (5, 128)
     # stem: Linear(40→128) + BN(128); 3 blocks of Linear(128→128) + BN(128)
     expected = (40 * 128 + 128) + 2 * 128 + 3 * ((128 * 128 + 128) + 2 * 128)
@@ -32,19 +32,19 @@ def test_backbone_shapes_and_parameter_count():
 
 def test_N_excludes_heads_and_grows_with_the_rung():
     sizes = [
-        count_parameters(get_rung(n).build(64))
+        count_parameters(get_rung(n).build((64,)))
         for n in ("debug", "mlp:w128-l1", "mlp:w256-l3", "mlp:w1024-l9")
     ]
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
     objective = objectives.build("ibp")
-    backbone = get_rung("debug").build(64)
+    backbone = get_rung("debug").build((64,))
     heads = objective.build_heads(backbone.embed_dim, {"y": 10})
     net = Network(backbone, heads)
     assert count_parameters(net) - count_parameters(backbone) == 32 * 10 + 10
 
 
 def test_residual_every_other_block():
-    net = get_rung("mlp:w128-l3").build(8).eval()
+    net = get_rung("mlp:w128-l3").build((8,)).eval()
     for block in net.blocks:  # zero blocks: output = residual path only
         for p in block.parameters():
             torch.nn.init.zeros_(p)
@@ -53,3 +53,25 @@ def test_residual_every_other_block():
     # block 0: GELU(0)=0; block 1: 0 + 0 (input was 0); block 2: 0 → all zero
     assert torch.allclose(net(x), torch.zeros(3, 128))
     assert not torch.allclose(h, torch.zeros_like(h))
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit", "convnext"])
+def test_timm_debug_rungs_embed_five_channel_crops(family):
+    rung = get_rung(f"{family}:debug")
+    net = rung.build((5, 32, 32))
+    emb = net(torch.randn(2, 5, 32, 32))
+    assert emb.shape == (2, net.embed_dim)
+    assert rung.family == family
+    assert count_parameters(net) < 500_000
+
+
+def test_image_ladders_grow_and_reject_profiles():
+    sizes = [
+        count_parameters(get_rung(n).build((5, 64, 64)))
+        for n in ("resnet:debug", "resnet:r10", "resnet:r18", "resnet:r34")
+    ]
+    assert sizes == sorted(sizes)
+    with pytest.raises(ValueError, match=r"needs image inputs \(C, H, W\)"):
+        get_rung("resnet:debug").build((128,))
+    with pytest.raises(ValueError, match=r"needs profile inputs \(F,\)"):
+        get_rung("debug").build((5, 32, 32))

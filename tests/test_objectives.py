@@ -59,7 +59,7 @@ def test_loss_backpropagates_into_the_backbone():
     from bioscale.models.ladder import get_rung
 
     objective = objectives.build("ibp")
-    backbone = get_rung("debug").build(6)
+    backbone = get_rung("debug").build((6,))
     net = Network(backbone, objective.build_heads(backbone.embed_dim, {"y": 3}))
     terms = objective.loss_terms(net, {"x": torch.randn(8, 6), "y": torch.randint(0, 3, (8,))})
     terms["loss"].backward()

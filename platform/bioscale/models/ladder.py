@@ -20,8 +20,9 @@ class Rung(Protocol):
     name: str
     family: str
 
-    def build(self, in_features: int) -> nn.Module:
-        """The backbone; its ``embed_dim`` attribute is the embedding width."""
+    def build(self, input_shape: tuple[int, ...]) -> nn.Module:
+        """The backbone for per-sample inputs of ``input_shape`` ((F,) profiles, (C, H, W) images);
+        its ``embed_dim`` attribute is the embedding width."""
         ...
 
 
@@ -30,15 +31,20 @@ RUNGS: Registry[Rung] = Registry("model rung")
 
 def get_rung(name: str) -> Rung:
     """Look up a rung by name (the error lists the known rungs)."""
-    import bioscale.models.mlp  # noqa: F401  (registers the profile ladder)
-
+    _load_builtin()
     return RUNGS.get(name)
 
 
 def rung_names() -> list[str]:
-    import bioscale.models.mlp  # noqa: F401
-
+    _load_builtin()
     return RUNGS.names()
+
+
+def _load_builtin() -> None:
+    """Register the built-in ladders (profile MLP; timm image models). Importing them is cheap:
+    torch and timm load only when a rung is built."""
+    import bioscale.models.mlp
+    import bioscale.models.timm_ladder  # noqa: F401
 
 
 def count_parameters(module: nn.Module) -> int:

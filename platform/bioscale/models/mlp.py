@@ -27,10 +27,12 @@ class MLPRung:
     dropout: float = 0.1
     family: str = "mlp"
 
-    def build(self, in_features: int):
+    def build(self, input_shape: tuple[int, ...]):
         from bioscale.models.mlp_net import PhenoMLP
 
-        return PhenoMLP(in_features, width=self.width, depth=self.depth, dropout=self.dropout)
+        if len(input_shape) != 1:
+            raise ValueError(f"rung {self.name} needs profile inputs (F,), got shape {input_shape}")
+        return PhenoMLP(input_shape[0], width=self.width, depth=self.depth, dropout=self.dropout)
 
 
 RUNGS.register("debug", MLPRung(name="debug", width=32, depth=1))

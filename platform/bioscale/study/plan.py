@@ -196,7 +196,7 @@ def trial_data(index: SampleIndex, point: GridPoint) -> tuple[TrialData, dict[st
 
 @cache
 def _size_and_flops(
-    rung: str, in_features: int, objective_json: str, num_classes_json: str
+    rung: str, input_shape: tuple[int, ...], objective_json: str, num_classes_json: str
 ) -> tuple[int, int, str, float]:
     """(N, N_heads, family, flops_per_sample) of a rung under an objective, measured once."""
     import torch
@@ -209,11 +209,11 @@ def _size_and_flops(
     num_classes = json.loads(num_classes_json)
     objective = objectives.build(obj["name"], obj["params"])
     rung_cfg = get_rung(rung)
-    backbone = rung_cfg.build(in_features)
+    backbone = rung_cfg.build(input_shape)
     heads = objective.build_heads(backbone.embed_dim, num_classes)
     net = Network(backbone, heads)
     gen = torch.Generator().manual_seed(0)
-    batch = {"x": torch.randn(4, in_features, generator=gen)}
+    batch = {"x": torch.randn(4, *input_shape, generator=gen)}
     for col, n in num_classes.items():
         batch[col] = torch.randint(0, max(n, 1), (4,), generator=gen)
     flops = training_step_flops(net, objective, batch)
@@ -227,12 +227,13 @@ def resolve(
     point: GridPoint,
     position: int,
     sha_of_code: str,
+    input_shape: tuple[int, ...],
 ) -> tuple[Trial, TrialData]:
     """Resolve one grid point into a runnable trial (sizes, budget, lr, key, params)."""
     data, num_classes = trial_data(index, point)
     n_params, n_heads, family, flops = _size_and_flops(
         point.rung,
-        info.n_features,
+        input_shape,
         json.dumps(asdict(point.objective), sort_keys=True),
         json.dumps(num_classes, sort_keys=True),
     )
@@ -241,7 +242,7 @@ def resolve(
     max_epochs, max_samples = spec.train.budget.resolve(n_params, d_samples)
     loop = LoopConfig(
         rung=point.rung,
-        in_features=info.n_features,
+        input_shape=input_shape,
         objective=point.objective.name,
         objective_params=dict(point.objective.params),
         num_classes=num_classes,
@@ -299,12 +300,13 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
             f"manifest {manifest_path} has no 'features' column; the "
             f"'{spec.data.kind}' study needs a profile manifest"
         )
+    input_shape = (info.n_features,)
     index = SampleIndex.from_table(mf.read_metadata(manifest_path), spec.data.splits)
     points, dropped = expand(spec)
     code = git_sha(Path(__file__).parent)
     trials = []
     for i, point in enumerate(points):
-        trial, _ = resolve(spec, info, index, point, i, code)
+        trial, _ = resolve(spec, info, index, point, i, code, input_shape)
         if trial.params["D_samples"] == 0:
             dropped.append((point, "the diet leaves no training samples for this objective"))
             continue

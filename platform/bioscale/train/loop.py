@@ -35,7 +35,7 @@ class LoopConfig:
     """Everything one trial's workers need, fully resolved by the driver (plain data, picklable)."""
 
     rung: str
-    in_features: int
+    input_shape: tuple[int, ...]  # one sample: (F,) profile features or (C, H, W) image crops
     objective: str
     objective_params: dict[str, Any] = field(default_factory=dict)
     num_classes: dict[str, int]
@@ -68,7 +68,7 @@ class Network(nn.Module):
 
 def build_network(cfg: LoopConfig) -> tuple[Network, Any]:
     objective = objectives.build(cfg.objective, cfg.objective_params)
-    backbone = get_rung(cfg.rung).build(cfg.in_features)
+    backbone = get_rung(cfg.rung).build(tuple(cfg.input_shape))
     heads = objective.build_heads(backbone.embed_dim, cfg.num_classes)
     return Network(backbone, heads), objective
 
