@@ -48,7 +48,7 @@ def test_parent_run_and_progress(finished_study):
     client = finished_study["tracker"].client
     parent = client.get_run(finished_study["result"].parent_run_id)
     assert parent.data.tags[KIND] == "study" and parent.info.status == "FINISHED"
-    assert sum("finished in" in m for m in finished_study["messages"]) == 4
+    assert sum("✓ trial" in m for m in finished_study["messages"]) == 4
 
 
 def test_report_and_fit_runs(finished_study):
