@@ -42,6 +42,9 @@ FEATURES = "features"
 META_KIND = b"bioscale.kind"
 META_N_FEATURES = b"bioscale.n_features"
 META_DYES = b"bioscale.dyes"
+#: Image manifests: one path column per dye, optional illumination functions per dye.
+PATH_PREFIX = "path_"
+ILLUM_PREFIX = "illum_"
 
 _STRING_COLUMNS = {c: pa.string() for c in METADATA_COLUMNS}
 _STRING_COLUMNS["site"] = pa.int32()
@@ -81,6 +84,68 @@ def write_profiles(
     pq.write_table(table, tmp, row_group_size=row_group_size)
     tmp.replace(path)  # atomic: a crash never leaves half a manifest behind
     return path
+
+
+def image_schema(dyes: list[str] | tuple[str, ...], illum: bool = False) -> pa.Schema:
+    """Arrow schema of an image manifest: metadata, ``path_<Dye>`` (and ``illum_<Dye>``) strings.
+
+    The dye order is stored in the schema metadata (``bioscale.dyes``, JSON list); it is the
+    channel order every decoder produces.
+    """
+    fields = [pa.field(c, t) for c, t in _STRING_COLUMNS.items()]
+    fields += [pa.field(f"{PATH_PREFIX}{d}", pa.string()) for d in dyes]
+    if illum:
+        fields += [pa.field(f"{ILLUM_PREFIX}{d}", pa.string()) for d in dyes]
+    return pa.schema(
+        fields, metadata={META_KIND: b"cellpainting", META_DYES: json.dumps(list(dyes)).encode()}
+    )
+
+
+def write_images(
+    path: str | Path,
+    columns: dict[str, list],
+    dyes: list[str] | tuple[str, ...],
+    row_group_size: int = 256,
+) -> Path:
+    """Write an image manifest (one row per site) atomically; return its path.
+
+    Args:
+        path: output ``.parquet`` file.
+        columns: ``METADATA_COLUMNS`` plus ``path_<Dye>`` for every dye (and ``illum_<Dye>`` for
+            every dye when illumination functions are known), one list per column.
+        dyes: the channel order, e.g. ``["DNA", "ER", "RNA", "AGP", "Mito"]``.
+        row_group_size: sites per row group (one Ray Data block each).
+    """
+    illum = any(f"{ILLUM_PREFIX}{d}" in columns for d in dyes)
+    schema = image_schema(dyes, illum=illum)
+    missing = [n for n in schema.names if n not in columns]
+    if missing:
+        raise ManifestError(f"image manifest {path}: no values for column(s) {', '.join(missing)}")
+    arrays = [pa.array(columns[n], type=schema.field(n).type) for n in schema.names]
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    validate_table(table, source=str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp, row_group_size=row_group_size)
+    tmp.replace(path)
+    return path
+
+
+def dyes_of(schema: pa.Schema, source: str = "manifest") -> list[str]:
+    """The dye (channel) order of an image manifest: schema metadata, else its path columns."""
+    meta = schema.metadata or {}
+    if META_DYES in meta:
+        dyes = json.loads(meta[META_DYES].decode())
+    else:
+        dyes = [n[len(PATH_PREFIX) :] for n in schema.names if n.startswith(PATH_PREFIX)]
+    absent = [d for d in dyes if f"{PATH_PREFIX}{d}" not in schema.names]
+    if not dyes or absent:
+        raise ManifestError(
+            f"{source} is not an image manifest: "
+            + (f"dyes {', '.join(absent)} have no path column" if dyes else "no path_<Dye> column")
+        )
+    return dyes
 
 
 def validate_table(table: pa.Table | pa.Schema, source: str, payload: bool = True) -> None:

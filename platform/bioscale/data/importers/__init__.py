@@ -1,0 +1,178 @@
+"""Dataset importers: a dataset as users have it → an image manifest (ARCHITECTURE contract).
+
+One registry, ``IMPORTERS``; an importer is a function ``read(cfg) -> SiteTable`` registered
+under a format name (``cellprofiler``: LoadData CSV or CytoTable Parquet). A new format is one
+new module that registers itself; everything after reading the sites — the JUMP metadata join,
+compound groups, sample ids, writing — is shared here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bioscale.data import manifest as mf
+from bioscale.data.groups import assign_groups
+from bioscale.errors import ManifestError
+from bioscale.registry import Registry
+
+#: The five Cell Painting dyes in their conventional channel order; other dyes follow them.
+CANONICAL_DYES = ("DNA", "ER", "RNA", "AGP", "Mito")
+_MODULES = ("bioscale.data.importers.cellprofiler",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportConfig:
+    """What to import and how.
+
+    Args:
+        input: the dataset's index file (LoadData CSV, CytoTable Parquet, ...).
+        out: the manifest to write.
+        root: folder that relative image paths (or bare file names) are resolved against.
+        illum_root: folder of illumination functions (default: ``root``).
+        metadata: folder holding JUMP tables and Drug Repurposing Hub annotations (searched
+            recursively), or ``None`` to import images without perturbation metadata.
+        source: data source name for sites whose load data and metadata carry none.
+        dyes: keep only these dyes, in this order (default: every dye of the dataset).
+        novel_fraction: share of each MoA's compounds assigned to ``novel``.
+    """
+
+    input: str
+    out: str
+    root: str | None = None
+    illum_root: str | None = None
+    metadata: str | None = None
+    source: str | None = None
+    dyes: tuple[str, ...] | None = None
+    novel_fraction: float = 0.25
+
+
+@dataclass(kw_only=True)
+class Site:
+    """One imaged site as an importer read it (paths already resolved)."""
+
+    plate: str
+    well: str
+    site: int
+    paths: dict[str, str]
+    illum: dict[str, str] = field(default_factory=dict)
+    source: str | None = None
+    batch: str | None = None
+
+
+@dataclass(kw_only=True)
+class SiteTable:
+    """An importer's output: sites and the dataset's dyes in channel order."""
+
+    dyes: list[str]
+    sites: list[Site]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportSummary:
+    path: Path
+    n_sites: int
+    dyes: list[str]
+    n_annotated: int  # sites with a perturbation from the metadata
+    groups: dict[str, int]
+
+
+IMPORTERS: Registry[Callable[[ImportConfig], SiteTable]] = Registry("dataset importer")
+
+
+def _load_modules() -> None:
+    for name in _MODULES:
+        importlib.import_module(name)
+
+
+def importer_names() -> list[str]:
+    _load_modules()
+    return IMPORTERS.names()
+
+
+def order_dyes(dyes: list[str]) -> list[str]:
+    """Canonical dyes first (DNA, ER, RNA, AGP, Mito, those present), then the rest as found."""
+    return [d for d in CANONICAL_DYES if d in dyes] + [d for d in dyes if d not in CANONICAL_DYES]
+
+
+def import_dataset(fmt: str, cfg: ImportConfig) -> ImportSummary:
+    """Read ``cfg.input`` with the importer ``fmt``, join metadata, assign groups, write."""
+    _load_modules()
+    table = IMPORTERS.get(fmt)(cfg)
+    dyes = table.dyes
+    if cfg.dyes:
+        absent = [d for d in cfg.dyes if d not in dyes]
+        if absent:
+            raise ManifestError(
+                f"{cfg.input} has no dye(s) {', '.join(absent)}; it has {', '.join(dyes)}"
+            )
+        dyes = list(cfg.dyes)
+    if not table.sites:
+        raise ManifestError(f"{cfg.input} lists no image sites")
+    return write_sites(table.sites, dyes, cfg)
+
+
+def write_sites(sites: list[Site], dyes: list[str], cfg: ImportConfig) -> ImportSummary:
+    """The shared back half of every importer: metadata join, groups, manifest."""
+    from bioscale.data.importers.jump import JumpMetadata
+
+    seen: set[tuple[str, str, int]] = set()
+    for s in sites:
+        key = (s.plate, s.well, s.site)
+        if key in seen:
+            raise ManifestError(f"{cfg.input}: site {s.plate}/{s.well}/{s.site} is listed twice")
+        seen.add(key)
+    meta = (
+        JumpMetadata.load(cfg.metadata, plates={s.plate for s in sites}) if cfg.metadata else None
+    )
+    cols: dict[str, list] = {c: [] for c in mf.METADATA_COLUMNS}
+    for d in dyes:
+        cols[f"{mf.PATH_PREFIX}{d}"] = []
+    with_illum = all(d in s.illum for s in sites for d in dyes)
+    if with_illum:
+        for d in dyes:
+            cols[f"{mf.ILLUM_PREFIX}{d}"] = []
+    perturbations: dict[str, str | None] = {}
+    controls: set[str] = set()
+    for s in sites:
+        info = meta.lookup(s.plate, s.well) if meta else {}
+        plate_info = meta.plate(s.plate) if meta else {}
+        source = s.source or plate_info.get("source") or info.get("source") or cfg.source
+        pid = info.get("perturbation_id")
+        cols["sample_id"].append(f"{s.plate}_{s.well}_s{s.site}")
+        cols["source"].append(source)
+        cols["batch"].append(s.batch or plate_info.get("batch"))
+        cols["plate"].append(s.plate)
+        cols["well"].append(s.well)
+        cols["site"].append(s.site)
+        for c in ("perturbation_id", "perturbation_type", "inchikey", "smiles", "moa", "target"):
+            cols[c].append(info.get(c))
+        cols["concentration"].append(info.get("concentration"))
+        for d in dyes:
+            if d not in s.paths:
+                raise ManifestError(
+                    f"{cfg.input}: site {s.plate}/{s.well}/{s.site} has no file for dye {d}"
+                )
+            cols[f"{mf.PATH_PREFIX}{d}"].append(s.paths[d])
+            if with_illum:
+                cols[f"{mf.ILLUM_PREFIX}{d}"].append(s.illum[d])
+        if pid is not None:
+            perturbations[pid] = info.get("moa")
+            if info.get("perturbation_type") == "control":
+                controls.add(pid)
+    groups = assign_groups(perturbations, controls, cfg.novel_fraction)
+    # A site without a known perturbation carries no task label: IBP-only data ("extra").
+    cols["group"] = [groups.get(p, "extra") if p else "extra" for p in cols["perturbation_id"]]
+    path = mf.write_images(cfg.out, cols, dyes)
+    counts: dict[str, int] = {}
+    for g in cols["group"]:
+        counts[g] = counts.get(g, 0) + 1
+    return ImportSummary(
+        path=path,
+        n_sites=len(sites),
+        dyes=list(dyes),
+        n_annotated=sum(p is not None for p in cols["perturbation_id"]),
+        groups=counts,
+    )
