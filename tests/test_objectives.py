@@ -23,8 +23,8 @@ def test_registry_lists_and_rejects():
     assert {"supervised", "ibp"} <= set(objectives.names())
     with pytest.raises(ConfigError, match=r"unknown objective 'ibpp'.*ibp"):
         objectives.get("ibpp")
-    with pytest.raises(ConfigError, match="unknown key 'invariance_weight'"):
-        objectives.build("ibp", {"invariance_weight": 1.0})
+    with pytest.raises(ConfigError, match="unknown key 'adversary'"):
+        objectives.build("ibp", {"adversary": 1.0})
 
 
 @pytest.mark.parametrize("name", ["supervised", "ibp"])

@@ -37,7 +37,7 @@ def with_(**changes):
         ),
         (
             with_(grids=[{"rung": ["debug"], "diet": [{}], "objective": ["ibq"]}]),
-            r"unknown objective 'ibq'\. Did you mean 'ibp'\? Known: ibp, supervised",
+            r"unknown objective 'ibq'\. Did you mean 'ibp'\? Known: harmonized, ibp, supervised",
         ),
         (with_(train={"budget": {"epochs": 2, "samples": 10}}), r"exactly one of epochs"),
         (
@@ -94,3 +94,21 @@ def test_exclude_and_duplicates_are_dropped_with_a_reason():
     # supervised ignores extra compounds: {extra: 5} duplicates {extra: 0}
     assert sum("same data" in r for r in reasons) == 3
     assert len(points) == 16 - 4 - 3
+
+
+def test_plan_drops_objectives_the_data_cannot_feed_and_fails_when_nothing_is_left(synth_manifest):
+    from bioscale.study.plan import plan
+
+    spec = StudySpec.from_dict(
+        with_(grids=[{"rung": ["debug"], "diet": [{}], "objective": ["ibp", "harmonized"]}])
+    )
+    result = plan(spec, synth_manifest)
+    assert [t.point.objective.name for t in result.trials] == ["ibp"]
+    assert any(
+        "harmonized needs samples with human importance maps" in why for _, why in result.dropped
+    )
+    only = StudySpec.from_dict(
+        with_(grids=[{"rung": ["debug"], "diet": [{}], "objective": ["harmonized"]}])
+    )
+    with pytest.raises(ConfigError, match="has no runnable trial: harmonized needs"):
+        plan(only, synth_manifest)

@@ -64,6 +64,18 @@ class Objective:
         """Compound groups this objective may train on (``extra`` only for IBP-like objectives)."""
         raise NotImplementedError
 
+    #: Whether the objective needs human importance maps (``map``/``has_map`` in its batches).
+    needs_maps: ClassVar[bool] = False
+
+    def weight_decay(self, default: float) -> float:
+        """The AdamW weight decay the loop applies (the study's unless the objective's method
+        prescribes its own); applied once, through the loop's parameter groups."""
+        return default
+
+    def prepare_backbone(self, backbone: nn.Module) -> nn.Module:
+        """Adapt a freshly built backbone to the objective's needs (default: unchanged)."""
+        return backbone
+
     def uses_controls(self) -> bool:
         """Whether a diet's ``controls: true`` adds anything for this objective."""
         return False

@@ -21,7 +21,7 @@ def register(cls: type[Objective]) -> type[Objective]:
 
 
 def _load_builtin() -> None:
-    from bioscale.objectives import ibp, supervised  # noqa: F401
+    from bioscale.objectives import harmonized, ibp, supervised  # noqa: F401
 
 
 def get(name: str) -> type[Objective]:

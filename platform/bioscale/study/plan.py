@@ -15,16 +15,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from bioscale.config import from_mapping, to_mapping
 from bioscale.data import manifest as mf
 from bioscale.data.diets import Diet, select
 from bioscale.data.splits import SampleIndex
+from bioscale.errors import ConfigError
 from bioscale.eval.probe import ROLE_CODES
 from bioscale.objectives import registry as objectives
 from bioscale.objectives.base import Objective, Targets
 from bioscale.study.spec import ObjectiveSpec, StudySpec
 from bioscale.train.loop import LoopConfig
+
+#: The manifest column that holds a sample's human importance map (natural images; images with
+#: expert maps).
+MAP_COLUMN = "path_map"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,7 +215,7 @@ def _size_and_flops(
     num_classes = json.loads(num_classes_json)
     objective = objectives.build(obj["name"], obj["params"])
     rung_cfg = get_rung(rung)
-    backbone = rung_cfg.build(input_shape)
+    backbone = objective.prepare_backbone(rung_cfg.build(input_shape))
     heads = objective.build_heads(backbone.embed_dim, num_classes)
     net = Network(backbone, heads)
     gen = torch.Generator().manual_seed(0)
@@ -249,7 +255,9 @@ def resolve(
         max_epochs=max_epochs,
         max_samples=max_samples,
         lr=spec.train.lr.resolve(n_params),
-        weight_decay=spec.train.weight_decay,
+        weight_decay=objectives.build(point.objective.name, point.objective.params).weight_decay(
+            spec.train.weight_decay
+        ),
         batch_size=spec.train.batch_size,
         seed=point.seed,
         early_stopping=spec.train.early_stopping,
@@ -304,11 +312,24 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
     index = SampleIndex.from_table(mf.read_metadata(manifest_path), spec.data.splits)
     points, dropped = expand(spec)
     code = git_sha(Path(__file__).parent)
+    has_maps = MAP_COLUMN in pq.read_schema(manifest_path).names
     trials = []
     for i, point in enumerate(points):
+        if objectives.get(point.objective.name).needs_maps and not has_maps:
+            dropped.append(
+                (
+                    point,
+                    f"{point.objective.name} needs samples with human importance "
+                    f"maps (a '{MAP_COLUMN}' column); this {spec.data.kind} manifest has none",
+                )
+            )
+            continue
         trial, _ = resolve(spec, info, index, point, i, code, input_shape)
         if trial.params["D_samples"] == 0:
             dropped.append((point, "the diet leaves no training samples for this objective"))
             continue
         trials.append(trial)
+    if not trials:
+        reasons = "; ".join(sorted({why for _, why in dropped})) or "the grid is empty"
+        raise ConfigError(f"study {spec.name!r} has no runnable trial: {reasons}")
     return StudyPlan(spec=spec, manifest=info, trials=trials, dropped=dropped)

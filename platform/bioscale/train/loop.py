@@ -68,7 +68,7 @@ class Network(nn.Module):
 
 def build_network(cfg: LoopConfig) -> tuple[Network, Any]:
     objective = objectives.build(cfg.objective, cfg.objective_params)
-    backbone = get_rung(cfg.rung).build(tuple(cfg.input_shape))
+    backbone = objective.prepare_backbone(get_rung(cfg.rung).build(tuple(cfg.input_shape)))
     heads = objective.build_heads(backbone.embed_dim, cfg.num_classes)
     return Network(backbone, heads), objective
 
