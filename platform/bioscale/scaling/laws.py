@@ -1,86 +1,329 @@
 """Scaling laws, one registry. Each law is fitted in log space with a log-sum-exp parametrisation
 (Hoffmann et al. 2022, approach 3), which keeps every term positive and the loss well scaled.
+
+Shapes used throughout: ``theta`` is ``(..., P)`` (a batch of parameter vectors in the optimiser's
+space), ``logX`` is ``(K, n)`` (log of the K axes of n points), and a law's ``log_predict`` returns
+``(..., n)``; ``jac`` takes one ``theta`` of shape ``(P,)`` and returns ``(log ŷ (n,), ∂log ŷ/∂θ
+(P, n))`` for L-BFGS with analytic gradients.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import expit, logsumexp
 
 from bioscale.registry import Registry
+
+#: Bounds on log-space amplitudes and on exponents: wide enough for any curve seen in practice
+#: (Chinchilla's a = log 406, b = log 411 at N ~ 1e9), narrow enough to keep exp() finite.
+LOG_BOUND = (-30.0, 40.0)
+EXPONENT_BOUND = (0.0, 10.0)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Law:
-    """A law y(x) with parameters θ in log space.
+    """A law err(x) in log space.
 
     Attributes:
         name: registry name.
         formula: the law, for reports.
-        theta_names: names of the optimised parameters (log-space where prefixed ``log_``).
-        log_predict: (θ, log x) → log ŷ.
-        to_params: θ → the reported parameters (e.g. ``E``, ``A``, ``alpha``).
-        init_grid: starting points for L-BFGS.
+        axes: how many axes it takes (1, or 2 for ``chinchilla``: N then D).
+        param_names: the reported parameters, in ``theta`` order.
+        log_params: which reported parameters are exp(θ_i) (amplitudes, floors, breaks).
+        log_predict: (θ (..., P), log X (K, n)) → log ŷ (..., n).
+        jac: (θ (P,), log X) → (log ŷ (n,), ∂log ŷ/∂θ (P, n)).
+        init_grid: (log X, log y) → coarse starting points (S, P), data-relative.
+        bounds: (log X) → one (lo, hi) per θ_i for L-BFGS-B.
+        floor_name: the parameter that is the law's floor at infinite scale (all axes).
+        log_floor: (θ (..., P), index of the axis that grows, log X of the point (K,)) → log of
+            the error left when that axis alone grows without bound (..., ); for one-axis laws
+            the floor, for chinchilla E + A/N^α at fixed N (along D) or E + B/D^β (along N).
+        exponent_names: per axis, the parameter (or sum of parameters) that is its exponent at the
+            largest scales.
     """
 
     name: str
     formula: str
-    theta_names: tuple[str, ...]
+    axes: int
+    param_names: tuple[str, ...]
+    log_params: frozenset[str]
     log_predict: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    to_params: Callable[[np.ndarray], dict[str, float]]
-    init_grid: Callable[[], list[np.ndarray]]
+    jac: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+    init_grid: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    bounds: Callable[[np.ndarray], list[tuple[float, float]]]
+    floor_name: str | None
+    log_floor: Callable[[np.ndarray, int, np.ndarray], np.ndarray]
+    exponent_names: tuple[tuple[str, ...], ...]
+
+    @property
+    def n_params(self) -> int:
+        return len(self.param_names)
+
+    @property
+    def min_scales(self) -> int:
+        """Distinct scales a point fit needs: at least 4, and at least one per parameter."""
+        return max(4, self.n_params)
+
+    def to_params(self, theta: np.ndarray) -> dict[str, float]:
+        return {
+            k: float(np.exp(t)) if k in self.log_params else float(t)
+            for k, t in zip(self.param_names, theta, strict=True)
+        }
+
+    def to_theta(self, params: dict[str, float]) -> np.ndarray:
+        return np.array(
+            [np.log(params[k]) if k in self.log_params else params[k] for k in self.param_names]
+        )
+
+    def params_array(self, thetas: np.ndarray) -> np.ndarray:
+        """(B, P) θ → (B, P) reported parameters."""
+        out = np.array(thetas, dtype=float, copy=True)
+        for i, k in enumerate(self.param_names):
+            if k in self.log_params:
+                out[:, i] = np.exp(out[:, i])
+        return out
 
     def predict(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return np.exp(self.log_predict(theta, np.log(np.asarray(x, dtype=float))))
+        """ŷ at scales ``x`` ((n,) for one axis, (n, K) otherwise)."""
+        return np.exp(self.log_predict(theta, as_log_axes(x, self.axes)))
+
+    def exponent(self, params: dict[str, float], axis_index: int = 0) -> float:
+        return float(sum(params[k] for k in self.exponent_names[axis_index]))
+
+
+def as_log_axes(x: np.ndarray, axes: int) -> np.ndarray:
+    """Scales (n,) or (n, K) → log X (K, n)."""
+    x = np.asarray(x, dtype=float)
+    x = x.reshape(-1, 1) if x.ndim == 1 else x
+    if x.shape[1] != axes:
+        raise ValueError(f"law takes {axes} axis(es), got points with {x.shape[1]}")
+    return np.log(x).T
+
+
+def _cols(theta: np.ndarray) -> list[np.ndarray]:
+    """θ (..., P) → P arrays of shape (..., 1) that broadcast against (n,)."""
+    theta = np.asarray(theta, dtype=float)
+    return [theta[..., i, None] for i in range(theta.shape[-1])]
+
+
+def _lse_jac(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """terms (T, n) → (log Σ exp terms (n,), softmax weights (T, n))."""
+    lse = logsumexp(terms, axis=0)
+    return lse, np.exp(terms - lse)
+
+
+def _amplitude_grid(logX: np.ndarray, logy: np.ndarray, exps: np.ndarray) -> np.ndarray:
+    """Data-relative amplitude starts: log A ≈ mean log y + α·mean log x, shifted."""
+    return float(np.mean(logy)) + exps * float(np.mean(logX))
+
+
+def _floor_grid(logy: np.ndarray) -> np.ndarray:
+    """Floor starts as fractions of the smallest observed error."""
+    return float(np.min(logy)) + np.log([0.01, 0.1, 0.3, 0.6, 0.9])
+
+
+# power: err = E + A·x^−α; θ = (log E, log A, α) -------------------------------------------
+
+
+def _power_log_predict(theta: np.ndarray, logX: np.ndarray) -> np.ndarray:
+    e, a, alpha = _cols(theta)
+    L = logX[0]
+    return np.logaddexp(e + 0.0 * L, a - alpha * L)
+
+
+def _power_jac(theta: np.ndarray, logX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    e, a, alpha = theta
+    L = logX[0]
+    lse, w = _lse_jac(np.stack([np.full_like(L, e), a - alpha * L]))
+    return lse, np.stack([w[0], w[1], -w[1] * L])
+
+
+def _power_grid(logX: np.ndarray, logy: np.ndarray) -> np.ndarray:
+    rows = []
+    for e, al, shift in product(_floor_grid(logy), (0.05, 0.2, 0.4, 0.7, 1.0, 1.5), (-2, 0, 2)):
+        rows.append((e, _amplitude_grid(logX[0], logy, np.array(al)) + shift, al))
+    return np.array(rows, dtype=float)
 
 
 LAWS: Registry[Law] = Registry("scaling law")
-
-
-def _power_log_predict(theta: np.ndarray, logx: np.ndarray) -> np.ndarray:
-    e, a, alpha = theta
-    # log(E + A·x^−α) = LSE(e, a − α·log x), E = exp(e), A = exp(a)
-    return logsumexp(np.stack([np.full_like(logx, e), a - alpha * logx]), axis=0)
-
-
-def _power_grid() -> list[np.ndarray]:
-    return [
-        np.array([e, a, al])
-        for e in (-6.0, -3.0, -1.5, -0.5, 0.0)
-        for a in (-1.0, 1.0, 3.0, 6.0)
-        for al in (0.05, 0.2, 0.5, 1.0, 2.0)
-    ]
-
 
 LAWS.register(
     "power",
     Law(
         name="power",
-        formula="y = E + A·x^(−α)",
-        theta_names=("log_E", "log_A", "alpha"),
+        formula="err = E + A·x^(−α)",
+        axes=1,
+        param_names=("E", "A", "alpha"),
+        log_params=frozenset({"E", "A"}),
         log_predict=_power_log_predict,
-        to_params=lambda t: {
-            "E": float(np.exp(t[0])),
-            "A": float(np.exp(t[1])),
-            "alpha": float(t[2]),
-        },
+        jac=_power_jac,
         init_grid=_power_grid,
+        bounds=lambda logX: [LOG_BOUND, LOG_BOUND, EXPONENT_BOUND],
+        floor_name="E",
+        log_floor=lambda theta, along, logx: np.asarray(theta)[..., 0],
+        exponent_names=(("alpha",),),
     ),
 )
+
+# pure_power: err = A·x^−α; θ = (log A, α) ----------------------------------------------------
+
+
+def _pure_log_predict(theta: np.ndarray, logX: np.ndarray) -> np.ndarray:
+    a, alpha = _cols(theta)
+    return a - alpha * logX[0]
+
+
+def _pure_jac(theta: np.ndarray, logX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, alpha = theta
+    L = logX[0]
+    return a - alpha * L, np.stack([np.ones_like(L), -L])
+
 
 LAWS.register(
     "pure_power",
     Law(
         name="pure_power",
-        formula="y = A·x^(−α)",
-        theta_names=("log_A", "alpha"),
-        log_predict=lambda t, logx: t[0] - t[1] * logx,
-        to_params=lambda t: {"A": float(np.exp(t[0])), "alpha": float(t[1])},
-        init_grid=lambda: [
-            np.array([a, al]) for a in (-1.0, 1.0, 3.0, 6.0) for al in (0.05, 0.2, 0.5, 1.0, 2.0)
-        ],
+        formula="err = A·x^(−α)",
+        axes=1,
+        param_names=("A", "alpha"),
+        log_params=frozenset({"A"}),
+        log_predict=_pure_log_predict,
+        jac=_pure_jac,
+        init_grid=lambda logX, logy: np.array(
+            [
+                (_amplitude_grid(logX[0], logy, np.array(al)) + s, al)
+                for al in (0.05, 0.2, 0.5, 1.0, 2.0)
+                for s in (-2, 0, 2)
+            ]
+        ),
+        bounds=lambda logX: [LOG_BOUND, EXPONENT_BOUND],
+        floor_name=None,
+        log_floor=lambda theta, along, logx: np.full(np.shape(theta)[:-1], -np.inf),
+        exponent_names=(("alpha",),),
+    ),
+)
+
+# chinchilla: err = E + A/N^α + B/D^β (Hoffmann et al. 2022, eq. 2); θ = (e, a, α, b, β) ------
+
+
+def _chin_log_predict(theta: np.ndarray, logX: np.ndarray) -> np.ndarray:
+    e, a, alpha, b, beta = _cols(theta)
+    LN, LD = logX
+    terms = np.stack(np.broadcast_arrays(e + 0.0 * LN, a - alpha * LN, b - beta * LD))
+    return logsumexp(terms, axis=0)
+
+
+def _chin_jac(theta: np.ndarray, logX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    e, a, alpha, b, beta = theta
+    LN, LD = logX
+    lse, w = _lse_jac(np.stack([np.full_like(LN, e), a - alpha * LN, b - beta * LD]))
+    return lse, np.stack([w[0], w[1], -w[1] * LN, w[2], -w[2] * LD])
+
+
+def _chin_grid(logX: np.ndarray, logy: np.ndarray) -> np.ndarray:
+    """A coarse 5×5×4×5×4 = 2,000-start grid (the published one has 4,500 starts)."""
+    exps = np.array([0.1, 0.3, 0.6, 1.0])
+    e, sa, al, sb, be = np.meshgrid(
+        _floor_grid(logy), (-3, -1.5, 0, 1.5, 3), exps, (-3, -1.5, 0, 1.5, 3), exps, indexing="ij"
+    )
+    half = float(np.mean(logy)) - np.log(2.0)  # two terms share the error above the floor
+    a = half + al * float(np.mean(logX[0])) + sa
+    b = half + be * float(np.mean(logX[1])) + sb
+    return np.stack([e, a, al, b, be], axis=-1).reshape(-1, 5)
+
+
+def _chin_log_floor(theta: np.ndarray, along: int, logx: np.ndarray) -> np.ndarray:
+    t = np.asarray(theta)
+    if along == 1:  # D grows at fixed N: E + A/N^α
+        return np.logaddexp(t[..., 0], t[..., 1] - t[..., 2] * logx[0])
+    return np.logaddexp(t[..., 0], t[..., 3] - t[..., 4] * logx[1])  # N grows at fixed D
+
+
+LAWS.register(
+    "chinchilla",
+    Law(
+        name="chinchilla",
+        formula="err = E + A·N^(−α) + B·D^(−β)",
+        axes=2,
+        param_names=("E", "A", "alpha", "B", "beta"),
+        log_params=frozenset({"E", "A", "B"}),
+        log_predict=_chin_log_predict,
+        jac=_chin_jac,
+        init_grid=_chin_grid,
+        bounds=lambda logX: [LOG_BOUND, LOG_BOUND, EXPONENT_BOUND, LOG_BOUND, EXPONENT_BOUND],
+        floor_name="E",
+        log_floor=_chin_log_floor,
+        exponent_names=(("alpha",), ("beta",)),
+    ),
+)
+
+# broken power law (Caballero et al. 2022, "Broken Neural Scaling Laws", one break):
+# err = a + b·x^−c0·(1 + (x/d1)^(1/f1))^(−c1·f1); θ = (log a, log b, c0, c1, log d1, log f1) --
+
+
+def _bnsl_log_predict(theta: np.ndarray, logX: np.ndarray) -> np.ndarray:
+    la, lb, c0, c1, ld, lf = _cols(theta)
+    L = logX[0]
+    f = np.exp(lf)
+    bend = f * np.logaddexp(0.0, (L - ld) / f)  # f·log(1 + (x/d)^(1/f))
+    return np.logaddexp(la + 0.0 * L, lb - c0 * L - c1 * bend)
+
+
+def _bnsl_jac(theta: np.ndarray, logX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    la, lb, c0, c1, ld, lf = theta
+    L = logX[0]
+    f = np.exp(lf)
+    u = (L - ld) / f
+    sp, sig = np.logaddexp(0.0, u), expit(u)
+    lse, w = _lse_jac(np.stack([np.full_like(L, la), lb - c0 * L - c1 * f * sp]))
+    d1 = np.stack([np.ones_like(L), -L, -f * sp, c1 * sig, -c1 * f * (sp - u * sig)])
+    return lse, np.concatenate([w[:1], w[1] * d1])
+
+
+def _bnsl_grid(logX: np.ndarray, logy: np.ndarray) -> np.ndarray:
+    L = logX[0]
+    rows = []
+    for la, c0, c1, q, lf in product(
+        _floor_grid(logy)[[0, 2, 4]],
+        (0.05, 0.3, 0.8),
+        (-0.5, 0.0, 0.5, 1.0),
+        (0.25, 0.5, 0.75),
+        np.log([0.3, 1.0]),
+    ):
+        rows.append((la, _amplitude_grid(L, logy, np.array(c0)), c0, c1, np.quantile(L, q), lf))
+    return np.array(rows, dtype=float)
+
+
+def _bnsl_bounds(logX: np.ndarray) -> list[tuple[float, float]]:
+    L = logX[0]
+    return [
+        LOG_BOUND,
+        LOG_BOUND,
+        (-1.0, 10.0),
+        (-10.0, 10.0),
+        (float(L.min()) - 1.0, float(L.max()) + 1.0),  # the break lies near the data
+        (np.log(0.05), np.log(10.0)),
+    ]
+
+
+LAWS.register(
+    "broken_power",
+    Law(
+        name="broken_power",
+        formula="err = a + b·x^(−c0)·(1 + (x/d1)^(1/f1))^(−c1·f1)",
+        axes=1,
+        param_names=("a", "b", "c0", "c1", "d1", "f1"),
+        log_params=frozenset({"a", "b", "d1", "f1"}),
+        log_predict=_bnsl_log_predict,
+        jac=_bnsl_jac,
+        init_grid=_bnsl_grid,
+        bounds=_bnsl_bounds,
+        floor_name="a",
+        log_floor=lambda theta, along, logx: np.asarray(theta)[..., 0],
+        exponent_names=(("c0", "c1"),),
     ),
 )
