@@ -274,11 +274,13 @@ def process_site(
     illum: list[str | None] | None = None,
     bounds: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
+    scale: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw channels → (crops (K, C, h, w) float32, bounds (C, 2) float32 [low, high]).
 
     ``bounds`` overrides the per-site percentiles (``plate_controls``); the returned bounds are
-    those used, so packed uint16 crops can be normalised identically later.
+    those used. With ``scale=False`` the crops stay in raw units (after illumination correction
+    and downsampling), so packed uint16 crops can be normalised identically later.
     """
     n = len(channels)
     if cfg.illumination and illum is not None:
@@ -307,7 +309,7 @@ def process_site(
         patch = img[:, y : y + (size or h), x : x + (size or w)].astype(np.float32)
         out.append(patch)
     crops = np.stack(out)  # (K, C, h, w)
-    if cfg.normalise.kind != "none":
+    if scale and cfg.normalise.kind != "none":
         lo = used[:, 0][None, :, None, None]
         scale = np.maximum(used[:, 1] - used[:, 0], 1e-6)[None, :, None, None]
         np.clip((crops - lo) / scale, 0.0, 1.0, out=crops)

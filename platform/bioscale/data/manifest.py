@@ -45,6 +45,8 @@ META_DYES = b"bioscale.dyes"
 #: Image manifests: one path column per dye, optional illumination functions per dye.
 PATH_PREFIX = "path_"
 ILLUM_PREFIX = "illum_"
+#: Packed manifests (``bioscale data pack``): the shard file holding each site's crops.
+PACKED_SHARD = "shard"
 
 _STRING_COLUMNS = {c: pa.string() for c in METADATA_COLUMNS}
 _STRING_COLUMNS["site"] = pa.int32()
@@ -162,10 +164,14 @@ def validate_table(table: pa.Table | pa.Schema, source: str, payload: bool = Tru
         payload
         and FEATURES not in schema.names
         and not any(n.startswith("path_") for n in schema.names)
+        and PACKED_SHARD not in schema.names
     ):
         raise ManifestError(
             f"manifest {source} has neither a 'features' column nor path_<Dye> columns"
         )
+    meta = schema.metadata or {}
+    if payload and META_DYES in meta and PACKED_SHARD not in schema.names:
+        dyes_of(schema, f"manifest {source}")  # every listed dye has its path column
     if isinstance(table, pa.Table):
         groups = set(table.column("group").to_pylist())
         bad = sorted(str(g) for g in groups - set(GROUPS))
