@@ -1,48 +1,100 @@
-"""Scaling plots: measured points and fitted curves, one colour per group, log-log axes."""
+"""Scaling plots: measured points, fitted curves with their 95% bootstrap band, extrapolation
+dashed, forecasts marked; one colour per group; log-log axes of the error (1 − metric for
+higher-is-better metrics)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from bioscale.scaling.fit import FitResult
+from bioscale.scaling.forecast import Forecast
 
 AXIS_LABELS = {"D": "training samples D (wells)", "N": "backbone parameters N"}
+#: the dashed extrapolation runs to this multiple of the largest observed scale
+EXTRAPOLATE = 10.0
 
 
-def plot_fits(fits: list[FitResult], path: str | Path, *, title: str, ylabel: str) -> Path:
-    """One PNG: error (1 − metric for higher-is-better metrics) against the axis, log-log."""
+def _label(fit: FitResult) -> str:
+    label = ", ".join(f"{v}" for v in fit.group.values()) or "all"
+    if fit.params is None:
+        return f"{label} (no fit: {fit.note.split(';')[0]})"
+    exps = [fit.spec.exponent(fit.params, i) for i in range(len(fit.axis))]
+    ci = fit.ci95.get(fit.spec.exponent_names[0][0]) if len(fit.axis) == 1 else None
+    text = ", ".join(f"{n}={e:.2f}" for n, e in zip(("α", "β"), exps, strict=False))
+    if ci and len(fit.spec.exponent_names[0]) == 1:
+        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    flag = " — plateau" if fit.plateau and fit.plateau["plateau"] else ""
+    return f"{label}: {text}{flag}"
+
+
+def _err(fit: FitResult, y: np.ndarray) -> np.ndarray:
+    return 1.0 - y if fit.direction == "higher" else y
+
+
+def plot_fits(
+    fits: Sequence[FitResult],
+    path: str | Path,
+    *,
+    title: str,
+    ylabel: str,
+    forecasts: Sequence[Forecast] = (),
+    extrapolate: float = EXTRAPOLATE,
+) -> Path:
+    """One PNG of the fits' error against their (last) axis, log-log.
+
+    For a two-axis law each distinct value of the first axis is its own curve along the second.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.8, 4.6), dpi=120)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, fit in enumerate(fits):
-        colour = colours[i % len(colours)]
-        label = ", ".join(f"{v}" for v in fit.group.values())
-        x = np.array([p[0] for p in fit.points])
-        y = np.array([p[1] for p in fit.points])
-        err = 1.0 - y if fit.direction == "higher" else y
-        ax.scatter(x, err, color=colour, zorder=3)
-        if fit.params is not None:
-            xs = np.geomspace(x.min(), x.max(), 100)
-            ys = fit.predict(xs)
-            ys = 1.0 - ys if fit.direction == "higher" else ys
-            label += f": α={fit.params['alpha']:.2f}, E={fit.params.get('E', 0.0):.3f}"
-            ax.plot(xs, ys, color=colour, label=label)
-        else:
-            ax.plot([], [], color=colour, label=f"{label} (no fit: {fit.note})")
-    axis = fits[0].axis[0] if fits else ""
+    i = 0
+    for fit in fits:
+        x_all, y_all = fit.x, fit.y
+        slices = [None] if len(fit.axis) == 1 else sorted(set(x_all[:, 0]))
+        for sl in slices:
+            colour = colours[i % len(colours)]
+            i += 1
+            mask = np.ones(len(y_all), bool) if sl is None else x_all[:, 0] == sl
+            x, y = x_all[mask, -1], y_all[mask]
+            label = _label(fit) + ("" if sl is None else f" @ {fit.axis[0]}={sl:.3g}")
+            ax.scatter(x, _err(fit, y), color=colour, s=14, zorder=3)
+            if fit.params is None or len(x) == 0:
+                ax.plot([], [], color=colour, label=label)
+                continue
+            xs_in = np.geomspace(x.min(), x.max(), 80)
+            xs_out = np.geomspace(x.max(), x.max() * extrapolate, 40)
+            pts_in, pts_out = xs_in, xs_out
+            if sl is not None:
+                pts_in = np.column_stack([np.full_like(xs_in, sl), xs_in])
+                pts_out = np.column_stack([np.full_like(xs_out, sl), xs_out])
+            ax.plot(xs_in, _err(fit, fit.predict(pts_in)), color=colour, label=label)
+            flagged = fit.plateau and (fit.plateau["plateau"] or fit.plateau["non_monotonic"])
+            if not flagged:
+                ax.plot(xs_out, _err(fit, fit.predict(pts_out)), color=colour, ls="--", lw=1)
+            band = fit.band(np.concatenate([pts_in, pts_out]))
+            if band is not None:
+                xs = np.concatenate([xs_in, xs_out])
+                lo, hi = sorted((_err(fit, band[0]), _err(fit, band[1])), key=np.sum)
+                ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, lw=0)
+    for fc in forecasts:
+        if fc.value is not None and fc.status in ("reachable", "beyond_range"):
+            t_err = 1.0 - fc.target if fits and fits[0].direction == "higher" else fc.target
+            ax.plot([fc.value], [t_err], marker="*", color="k", ms=9, zorder=4)
+    axis = fits[0].axis[-1] if fits else ""
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(AXIS_LABELS.get(axis, axis))
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

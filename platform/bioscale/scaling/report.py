@@ -1,46 +1,97 @@
-"""The study report: one self-contained HTML page a scientist can read (grid, curves, exponents,
-one sentence per objective on how it scales)."""
+"""The scaling report: one self-contained HTML page a scientist can read — curves with interval
+bands and dashed extrapolation, exponents with intervals, backtest errors, forecasts, objective
+comparisons and one plain sentence per curve."""
 
 from __future__ import annotations
 
 import datetime as dt
 import html
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bioscale.scaling.fit import FitResult
+from bioscale.scaling.forecast import Forecast
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:49%;border:1px solid #ddd}
 .note{color:#666;font-size:13px}"""
 
+#: a report forecasts, per curve, the scale that cuts its best observed error by this fraction
+DEFAULT_ERROR_CUT = 0.1
+
+
+def _ci(ci: list[float | None] | None, fmt: str = ".3g") -> str:
+    if not ci:
+        return "no interval"
+    return "[" + ", ".join("—" if v is None else format(v, fmt) for v in ci) + "]"
+
+
+def default_target(fit: FitResult) -> float | None:
+    """A target in the metric's terms: the best observed error cut by ``DEFAULT_ERROR_CUT``."""
+    if not fit.points:
+        return None
+    err = 1.0 - fit.y if fit.direction == "higher" else fit.y
+    goal = float(err.min()) * (1.0 - DEFAULT_ERROR_CUT)
+    return 1.0 - goal if fit.direction == "higher" else goal
+
 
 def describe_fit(fit: FitResult, metric_label: str) -> str:
     """One plain sentence on how a group scales along the fit's axis."""
-    what = {"D": "training data", "N": "model size"}.get(fit.axis[0], fit.axis[0])
-    name = ", ".join(str(v) for v in fit.group.values())
-    lo, hi = min(p[0] for p in fit.points), max(p[0] for p in fit.points)
-    span = f"{lo:,.0f}–{hi:,.0f}"
+    what = {"D": "training data", "N": "model size"}.get(fit.axis[-1], fit.axis[-1])
+    name = ", ".join(str(v) for v in fit.group.values()) or "all trials"
+    if not fit.points:
+        return f"{name}: no points along {what}."
+    xs = fit.x[:, -1]
+    span = f"{xs.min():,.0f}–{xs.max():,.0f}"
     if fit.params is None:
         return f"{name}: no fit along {what} ({fit.note})."
-    alpha, floor = fit.params["alpha"], fit.params["E"]
-    err_hi = (
-        float(1.0 - fit.predict([hi])[0])
-        if fit.direction == "higher"
-        else float(fit.predict([hi])[0])
-    )
-    if alpha < 0.02 or err_hi - floor < 0.01:
+    pl = fit.plateau or {}
+    if pl.get("plateau") or pl.get("non_monotonic"):
         return (
-            f"{name}: {metric_label} error has plateaued along {what} ({span}): "
-            f"it sits at its fitted floor E = {floor:.3f}, so more {what} alone will not help."
+            f"{name}: {metric_label} has stopped improving along {what} ({span}): "
+            f"{pl['reason']}; it sits at {pl['level']:.3f}, so more {what} alone will not help "
+            "and no power law is extrapolated through it."
         )
+    spec = fit.spec
+    alpha = spec.exponent(fit.params, len(fit.axis) - 1)
+    ename = spec.exponent_names[len(fit.axis) - 1]
+    ci = fit.ci95.get(ename[0]) if len(ename) == 1 else None
+    floor = fit.params.get(spec.floor_name, 0.0) if spec.floor_name else 0.0
     gain = 1.0 - 2.0 ** (-alpha)
-    return (
-        f"{name}: {metric_label} error falls as {fit.axis[0]}^−{alpha:.2f} over {span}, toward a "
-        f"floor E = {floor:.3f}; each doubling of {what} removes {gain:.0%} of the error above "
-        "that floor."
+    text = (
+        f"{name}: {metric_label} error falls as {fit.axis[-1]}^−{alpha:.2f}"
+        + (f" (95% CI {_ci(ci, '.2f')})" if ci else "")
+        + f" over {span}, toward a floor of {floor:.3f} in error; each doubling of {what} removes "
+        f"{gain:.0%} of the error above that floor."
     )
+    bt = fit.backtest
+    if bt:
+        inside = bt.get("in_interval") or []
+        text += (
+            f" Backtest: fitted without the largest scale it predicts it within "
+            f"{bt['mean_abs_error']:.3f} ({bt['mean_rel_error']:.0%})"
+            + (
+                ", inside its 95% interval."
+                if inside and all(inside)
+                else ", outside its 95% interval — treat forecasts with care."
+            )
+        )
+    return text
+
+
+def describe_forecast(fc: Forecast) -> str:
+    name = ", ".join(str(v) for v in fc.group.values()) or "all trials"
+    axis = fc.axis[0]
+    if fc.status in ("reachable", "beyond_range") and fc.value is not None:
+        text = (
+            f"{name}: reaches {fc.target:.3g} at {axis} ≈ {fc.value:,.3g} (95% CI {_ci(fc.ci95)})"
+        )
+        return text + (" — far beyond the data." if fc.status == "beyond_range" else ".")
+    if fc.status == "unreachable":
+        return f"{name}: {fc.target:.3g} is out of reach along {axis} (floor {fc.floor:.3g} {_ci(fc.floor_ci95)}). {fc.note}"
+    return f"{name}: whether {fc.target:.3g} is reachable along {axis} is uncertain. {fc.note}"
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -56,6 +107,28 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def fit_rows(fits: Sequence[FitResult]) -> list[dict[str, Any]]:
+    out = []
+    for f in fits:
+        p = f.params or {}
+        bt = f.backtest or {}
+        out.append(
+            {
+                "group": ", ".join(f"{k}={v}" for k, v in f.group.items()),
+                "axis": ",".join(f.axis),
+                "law": f.law,
+                **{k: f"{v:.4g} {_ci(f.ci95.get(k))}" for k, v in p.items()},
+                "points": f.n_points,
+                "scales": f.n_scales,
+                "backtest |error|": bt.get("mean_abs_error", "—"),
+                "held-out in 95% CI": "—" if not bt else str(bt.get("in_interval")),
+                "plateau": "—" if not f.plateau else str(f.plateau["plateau"]),
+                "note": f.note,
+            }
+        )
+    return out
+
+
 def render(
     *,
     study: str,
@@ -66,62 +139,69 @@ def render(
     metric: str,
     metric_label: str,
     out: Path,
+    forecasts: Sequence[Forecast] = (),
+    comparisons: Sequence[dict[str, Any]] = (),
+    issues: Sequence[str] = (),
+    trial_columns: Sequence[str] | None = None,
+    footnote: str = "",
 ) -> Path:
     """Write ``out`` (report.html) next to its plots; return its path."""
-    trial_cols = [
-        "rung",
-        "N",
-        "objective",
-        "diet",
-        "D_samples",
-        "D_compounds",
-        "seed",
-        "epochs",
-        "lr",
-        metric,
-        metric.replace("/top1", "/top10"),
-        "probe/moa/seen_compounds/top1",
-        "compute/flops",
-        "perf/trial_seconds",
-    ]
-    fit_rows = []
-    for f in fits:
-        p = f.params or {}
-        fit_rows.append(
-            {
-                "group": ", ".join(f"{k}={v}" for k, v in f.group.items()),
-                "axis": f.axis[0],
-                "law": f.law,
-                "alpha": p.get("alpha", "—"),
-                "E (floor)": p.get("E", "—"),
-                "A": p.get("A", "—"),
-                "points": f.n_points,
-                "scales": f.n_scales,
-                "huber loss": f.loss if f.loss is not None else "—",
-                "note": f.note,
-            }
-        )
+    trial_cols = list(trial_columns or [])
+    if not trial_cols:
+        trial_cols = [
+            "rung",
+            "N",
+            "objective",
+            "diet",
+            "D_samples",
+            "D_compounds",
+            "seed",
+            "epochs",
+            "lr",
+            metric,
+            "compute/flops",
+            "perf/trial_seconds",
+        ]
+    ftable = fit_rows(fits)
+    columns: list[str] = []
+    for r in ftable:
+        columns.extend(k for k in r if k not in columns)
     sentences = "".join(f"<li>{html.escape(describe_fit(f, metric_label))}</li>" for f in fits)
+    fc_items = "".join(f"<li>{html.escape(describe_forecast(fc))}</li>" for fc in forecasts)
+    cmp_rows = [
+        {
+            "a": ", ".join(map(str, c["a"].values())),
+            "b": ", ".join(map(str, c["b"].values())),
+            "axis": ",".join(c["axis"]),
+            "exponent a − b": c.get("difference", "—"),
+            "95% CI": _ci(c.get("ci95")),
+            "crossover": c.get("crossover") or "none in range",
+            "crossover 95% CI": _ci(c.get("crossover_ci95")),
+            "P(cross)": c.get("p_crossover", "—"),
+            "note": c.get("note", ""),
+        }
+        for c in comparisons
+    ]
     images = "".join(
         f'<img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">' for p in plots
     )
+    issue_list = "".join(f"<li>{html.escape(i)}</li>" for i in issues) or "<li>none</li>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>bioscale · {html.escape(study)}</title>
 <style>{_CSS}</style></head><body>
 <h1>Scaling study: {html.escape(study)}</h1>
-<p class=note>Generated {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")} from the MLflow store
-<code>{html.escape(tracking_uri)}</code>. Metric: <b>{html.escape(metric)}</b> ({html.escape(metric_label)});
-curves fit its error (1 − accuracy) with a saturating power law err = E + A·x<sup>−α</sup>
-(Huber loss on log residuals, L-BFGS from a grid of starts). E is the irreducible error the law
-extrapolates to; α the exponent.</p>
-<h2>How each objective scales</h2><ul>{sentences}</ul>
+<p class=note>Generated {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")} from
+<code>{html.escape(tracking_uri)}</code>. Metric: <b>{html.escape(metric)}</b> ({html.escape(metric_label)}).
+Curves fit its error with a scaling law (Huber loss on log residuals, L-BFGS from a grid of
+starts); bands are 95% bootstrap intervals (seeds resampled within each scale, residuals where a
+scale has one run); dashed lines extrapolate beyond the data; a star marks a forecast.</p>
+<h2>How each curve scales</h2><ul>{sentences}</ul>
 <h2>Curves</h2>{images}
-<h2>Fitted laws</h2>{_table(fit_rows, list(fit_rows[0]) if fit_rows else [])}
-<p class=note>Intervals (bootstrap), backtests and forecasts are not computed by this report;
-the fit JSON carries null for them.</p>
+<h2>Fitted laws (95% intervals)</h2>{_table(ftable, columns)}
+<h2>Forecasts</h2><ul>{fc_items or "<li>none</li>"}</ul>
+<h2>Objective comparisons</h2>{_table(cmp_rows, list(cmp_rows[0])) if cmp_rows else "<p class=note>none: no two fitted curves differ only in objective.</p>"}
+<h2>Data issues</h2><ul>{issue_list}</ul>
 <h2>Trials ({len(rows)})</h2>{_table(rows, trial_cols)}
-<p class=note>Probe: L2 logistic regression on frozen backbone embeddings, fit on fixed probe wells of
-<i>seen</i> compounds, its C chosen on probe-validation wells; <i>seen_compounds</i> = held-out wells
-of those compounds, <i>novel_compounds</i> = compounds no objective trained on.</p>
+{f"<p class=note>{footnote}</p>" if footnote else ""}
 </body></html>"""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)

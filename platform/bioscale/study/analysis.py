@@ -1,24 +1,29 @@
-"""After a study: its trial runs → scaling fits (per objective, along D and along N) → plots, an HTML
-report, fit JSON, and ``fit``/``report`` child runs in MLflow."""
+"""After a study: its trial runs → scaling fits (per objective, along D and along N) with intervals,
+backtests, plateau checks, forecasts and objective comparisons → plots, an HTML report, fit and
+forecast JSON, and ``fit``/``report`` child runs in MLflow."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bioscale.scaling.fit import FitResult, fit_law
-from bioscale.scaling.plots import plot_fits
-from bioscale.scaling.report import render
+from bioscale.scaling.api import CurveSpec, FitSet, fit_table, report_table
+from bioscale.scaling.fit import N_BOOT, FitResult
+from bioscale.scaling.forecast import Forecast
 from bioscale.scaling.runs import runs_table, write_csv
 from bioscale.study.tracking import Tracker
 
 PRIMARY_METRIC = "probe/moa/novel_compounds/top1"
-#: (axis name, x column, columns that define a curve along it)
-AXES = (("D", "D_samples", ("objective", "rung")), ("N", "N", ("objective", "diet")))
+#: curve families: along D at each fixed (objective, rung), along N at each fixed (objective, diet)
+CURVES = (CurveSpec(axes=("D",), split_by=("rung",)), CurveSpec(axes=("N",), split_by=("diet",)))
+_PROBE_NOTE = (
+    "Probe: L2 logistic regression on frozen backbone embeddings, fit on fixed probe wells of "
+    "<i>seen</i> compounds, its C chosen on probe-validation wells; <i>seen_compounds</i> = "
+    "held-out wells of those compounds, <i>novel_compounds</i> = compounds no objective trained on."
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,34 +33,73 @@ class Analysis:
     plots: list[Path]
     table: Path
     fits: list[FitResult]
+    forecasts_json: Path | None = None
+    forecasts: list[Forecast] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fit_axes(
-    rows: list[dict[str, Any]], metric: str, direction: str = "higher", law: str = "power"
+    rows: list[dict[str, Any]],
+    metric: str,
+    direction: str = "higher",
+    law: str = "power",
+    n_boot: int = N_BOOT,
 ) -> list[FitResult]:
     """One fit per curve: along D at each fixed (objective, rung) and along N at each fixed
     (objective, diet), wherever the grid has at least two scales on that curve."""
-    fits = []
-    for axis, xcol, keys in AXES:
-        groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-        for row in rows:
-            if metric in row and xcol in row:
-                groups[tuple(row[k] for k in keys)].append(row)
-        for gkey, members in sorted(groups.items()):
-            if len({m[xcol] for m in members}) < 2:
-                continue
-            fits.append(
-                fit_law(
-                    [m[xcol] for m in members],
-                    [m[metric] for m in members],
-                    law=law,
-                    direction=direction,
-                    metric=metric,
-                    axis=axis,
-                    group=dict(zip(keys, gkey, strict=True)),
-                )
-            )
+    fits: list[FitResult] = []
+    for spec in CURVES:
+        found: FitSet = fit_table(
+            rows,
+            metric=metric,
+            axes=spec.axes,
+            law=law,
+            direction=direction,
+            group=["objective"],
+            split_by=spec.split_by,
+            n_boot=n_boot,
+        )
+        fits.extend(f for f in found.fits if f.n_scales >= 2)
     return fits
+
+
+def _fit_ident(f: FitResult) -> str:
+    return hashlib.sha256(
+        json.dumps([f.group, f.axis, f.law, f.metric], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+
+
+def log_fits(tracker: Tracker, experiment_id: str, parent_id: str, fits: list[FitResult]) -> None:
+    """One ``fit`` child run per fit: params, fitted values and interval bounds as metrics."""
+    for f in fits:
+        name = f"fit {','.join(f.axis)} · " + ", ".join(str(v) for v in f.group.values())
+        run_id = tracker.child_run(experiment_id, parent_id, "fit", name, _fit_ident(f))
+        tracker.log_params(
+            run_id,
+            {
+                "law": f.law,
+                "axis": ",".join(f.axis),
+                "metric": f.metric,
+                "direction": f.direction,
+                "group": json.dumps(f.group, default=str),
+                "n_points": f.n_points,
+                "n_scales": f.n_scales,
+            },
+        )
+        metrics = {f"fit/{k}": v for k, v in (f.params or {}).items()}
+        for k, ci in f.ci95.items():
+            if ci:
+                metrics.update({f"fit/{k}_ci95_lo": ci[0], f"fit/{k}_ci95_hi": ci[1]})
+        if f.loss is not None:
+            metrics["fit/loss"] = f.loss
+        if f.backtest:
+            metrics["fit/backtest_mean_abs_error"] = f.backtest["mean_abs_error"]
+            metrics["fit/backtest_mean_rel_error"] = f.backtest["mean_rel_error"]
+        tracker.log_metrics(run_id, metrics)
+        tracker.client.set_tag(run_id, "bioscale.fit_note", f.note[:4000])
+        if f.plateau:
+            tracker.client.set_tag(run_id, "bioscale.plateau", str(f.plateau["plateau"]))
+        tracker.finish(run_id)
 
 
 def analyse(
@@ -65,64 +109,59 @@ def analyse(
     study: str,
     out_dir: Path,
     metric: str = PRIMARY_METRIC,
+    targets: list[float] | None = None,
+    n_boot: int = N_BOOT,
 ) -> Analysis:
-    """Fit, plot, report and log; returns where everything went."""
+    """Fit, forecast, plot, report and log; returns where everything went."""
     report_dir = Path(out_dir) / "report"
     rows = runs_table(tracker.client, experiment_id)
     table = write_csv(rows, report_dir / "trials.csv")
-    fits = fit_axes(rows, metric)
-    plots = []
-    for axis in ("D", "N"):
-        on_axis = [f for f in fits if f.axis == [axis]]
-        if on_axis:
-            plots.append(
-                plot_fits(
-                    on_axis,
-                    report_dir / f"scaling_{axis}.png",
-                    title=f"{study}: {metric} vs {axis}",
-                    ylabel="error = 1 − top-1 (novel compounds)",
-                )
-            )
-    fits_json = report_dir / "fits.json"
-    fits_json.write_text(json.dumps({"fits": [f.to_json() for f in fits]}, indent=2) + "\n")
-    report = render(
-        study=study,
-        tracking_uri=tracker.uri,
-        rows=rows,
-        fits=fits,
-        plots=plots,
+    built = report_table(
+        rows,
+        report_dir,
+        title=study,
+        source=tracker.uri,
         metric=metric,
         metric_label="MoA top-1 on novel compounds",
-        out=report_dir / "report.html",
+        ylabel="error = 1 − top-1 (novel compounds)",
+        direction="higher",
+        group=("objective",),
+        specs=CURVES,
+        targets=targets,
+        n_boot=n_boot,
+        footnote=_PROBE_NOTE,
+        trial_columns=[
+            "rung",
+            "N",
+            "objective",
+            "diet",
+            "D_samples",
+            "D_compounds",
+            "seed",
+            "epochs",
+            "lr",
+            metric,
+            metric.replace("/top1", "/top10"),
+            "probe/moa/seen_compounds/top1",
+            "compute/flops",
+            "perf/trial_seconds",
+        ],
     )
-
-    for f in fits:
-        ident = hashlib.sha256(
-            json.dumps([f.group, f.axis, f.law, f.metric], sort_keys=True).encode()
-        ).hexdigest()[:16]
-        name = f"fit {f.axis[0]} · " + ", ".join(str(v) for v in f.group.values())
-        run_id = tracker.child_run(experiment_id, parent_id, "fit", name, ident)
-        tracker.log_params(
-            run_id,
-            {
-                "law": f.law,
-                "axis": ",".join(f.axis),
-                "metric": f.metric,
-                "direction": f.direction,
-                "group": json.dumps(f.group),
-                "n_points": f.n_points,
-                "n_scales": f.n_scales,
-            },
-        )
-        metrics = {f"fit/{k}": v for k, v in (f.params or {}).items()}
-        if f.loss is not None:
-            metrics["fit/loss"] = f.loss
-        tracker.log_metrics(run_id, metrics)
-        tracker.client.set_tag(run_id, "bioscale.fit_note", f.note)
-        tracker.finish(run_id)
+    log_fits(tracker, experiment_id, parent_id, built.fits)
     report_run = tracker.child_run(
         experiment_id, parent_id, "report", f"report · {study}", f"report-{study}"
     )
-    tracker.log_artifacts(report_run, [report, fits_json, table, *plots])
+    tracker.log_artifacts(
+        report_run, [built.report, built.fits_json, built.forecasts_json, table, *built.plots]
+    )
     tracker.finish(report_run)
-    return Analysis(report=report, fits_json=fits_json, plots=plots, table=table, fits=fits)
+    return Analysis(
+        report=built.report,
+        fits_json=built.fits_json,
+        plots=built.plots,
+        table=table,
+        fits=built.fits,
+        forecasts_json=built.forecasts_json,
+        forecasts=built.forecasts,
+        comparisons=built.comparisons,
+    )

@@ -1,0 +1,267 @@
+"""The scaling analysis in a few calls, shared by the CLI, the study report and the notebooks:
+table → curves → fits (with intervals, backtests, plateau checks) → forecasts and comparisons."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bioscale.scaling.compare import compare_by
+from bioscale.scaling.fit import N_BOOT, FitResult, fit_law
+from bioscale.scaling.forecast import Forecast, forecast
+from bioscale.scaling.table import curves, load_experiment, load_table
+from bioscale.scaling.trust import PLATEAU_K, with_trust
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitSet:
+    """Fits of one table and what was wrong with its rows."""
+
+    fits: list[FitResult]
+    issues: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fits": [f.to_json() for f in self.fits], "issues": self.issues}
+
+
+def load_rows(
+    source: str | Path | None = None,
+    *,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+) -> list[dict[str, Any]]:
+    """A table from a CSV/Parquet file, or from an MLflow experiment's trial runs."""
+    if experiment is not None:
+        return load_experiment(experiment, tracking_uri)
+    if source is None:
+        raise ValueError("give a table path or an MLflow experiment")
+    return load_table(source)
+
+
+def fit_table(
+    rows: Sequence[dict[str, Any]],
+    *,
+    metric: str,
+    axes: Sequence[str] = ("D",),
+    law: str = "power",
+    direction: str = "lower",
+    group: Sequence[str] = (),
+    split_by: Sequence[str] | None = None,
+    frontier: bool = False,
+    n_boot: int = N_BOOT,
+    holdout: int = 1,
+    plateau_k: int = PLATEAU_K,
+) -> FitSet:
+    """One fit per curve of the table (``table.curves``), each with 95% bootstrap intervals, a
+    backtest on its ``holdout`` largest scales and a plateau check over its last ``plateau_k``
+    scales.
+
+    Args:
+        rows: the tidy table (one row per trial).
+        metric: the metric column.
+        axes: the fit's axes, e.g. ``["D"]`` or ``["N", "D"]`` for ``chinchilla``.
+        law: a ``LAWS`` name.
+        direction: ``lower`` (losses, errors) or ``higher`` (accuracies, fitted through 1 − y).
+        group: columns that get one curve per value (``["objective"]``); none: one group ``{}``.
+        split_by: columns that further split curves; default the other primary axes.
+        frontier: fit the best value per scale instead of splitting.
+        n_boot: bootstrap replicates per fit.
+        holdout: largest scales held out by the backtest.
+        plateau_k: scales without improvement that flag a plateau.
+    """
+    found = curves(
+        rows,
+        metric=metric,
+        axes=axes,
+        group=group,
+        split_by=split_by,
+        frontier=frontier,
+        direction=direction,
+    )
+    fits = []
+    for curve in found.curves:
+        fit = fit_law(
+            curve.x,
+            curve.y,
+            law=law,
+            direction=direction,
+            metric=metric,
+            axis=list(axes),
+            group=curve.group,
+            seeds=curve.seeds,
+            n_boot=n_boot,
+        )
+        fits.append(with_trust(fit, holdout=holdout, plateau_k=plateau_k, n_boot=n_boot))
+    return FitSet(fits=fits, issues=found.issues)
+
+
+def forecast_fits(
+    fits: Sequence[FitResult],
+    target: float,
+    *,
+    along: str | None = None,
+    at: dict[str, float] | None = None,
+) -> list[Forecast]:
+    """The scale at which each fit reaches ``target`` (``forecast.forecast``)."""
+    return [forecast(f, target, along=along, at=at) for f in fits]
+
+
+def compare_fits(fits: Sequence[FitResult], column: str = "objective") -> list[dict[str, Any]]:
+    """Exponent differences and crossovers between fits that differ only in ``column``."""
+    return compare_by(list(fits), column)
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: non-finite floats → null (never Infinity/NaN), numpy scalars → Python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str | bytes):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps(payload: dict[str, Any]) -> str:
+    return json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(payload: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(payload))
+    return path
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurveSpec:
+    """One family of curves in a report: fits along ``axes``, split by ``split_by``."""
+
+    axes: tuple[str, ...]
+    split_by: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    report: Path
+    fits_json: Path
+    forecasts_json: Path
+    plots: list[Path]
+    fits: list[FitResult]
+    forecasts: list[Forecast]
+    comparisons: list[dict[str, Any]]
+    issues: list[str]
+
+
+def report_table(
+    rows: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    *,
+    title: str,
+    source: str,
+    metric: str,
+    metric_label: str | None = None,
+    ylabel: str | None = None,
+    direction: str = "lower",
+    law: str = "power",
+    group: Sequence[str] = ("objective",),
+    specs: Sequence[CurveSpec] = (CurveSpec(axes=("D",)),),
+    targets: Sequence[float] | None = None,
+    n_boot: int = N_BOOT,
+    footnote: str = "",
+    trial_columns: Sequence[str] | None = None,
+) -> Report:
+    """Fit every curve family, forecast, compare objectives, plot, and write report.html,
+    fits.json and forecasts.json into ``out_dir``.
+
+    Args:
+        targets: metric values to forecast for every curve; default, per curve, the value that
+            cuts its best observed error by 10% (``report.default_target``).
+        The rest as in ``fit_table``; ``group`` columns missing from the table are ignored.
+    """
+    from bioscale.scaling.plots import plot_fits
+    from bioscale.scaling.report import default_target, render
+
+    out_dir = Path(out_dir)
+    columns = {k for r in rows for k in r}
+    group = [g for g in group if g in columns]
+    fits: list[FitResult] = []
+    issues: list[str] = []
+    plots: list[Path] = []
+    forecasts: list[Forecast] = []
+    for spec in specs:
+        found = fit_table(
+            rows,
+            metric=metric,
+            axes=spec.axes,
+            law=law,
+            direction=direction,
+            group=group,
+            split_by=spec.split_by,
+            n_boot=n_boot,
+        )
+        issues.extend(i for i in found.issues if i not in issues)
+        kept = [f for f in found.fits if f.n_scales >= 2]
+        for f in found.fits:
+            if f.n_scales < 2:
+                name = ", ".join(f"{k}={v}" for k, v in f.group.items())
+                issues.append(
+                    f"{name}: {f.n_scales} scale(s) along {','.join(spec.axes)}, no curve"
+                )
+        fits.extend(kept)
+        spec_fc = []
+        for fit in kept:
+            for t in targets if targets is not None else [default_target(fit)]:
+                if t is not None:
+                    spec_fc.append(forecast(fit, t))
+        forecasts.extend(spec_fc)
+        if kept:
+            name = "_".join(spec.axes)
+            plots.append(
+                plot_fits(
+                    kept,
+                    out_dir / f"scaling_{name}.png",
+                    title=f"{title}: {metric} vs {', '.join(spec.axes)}",
+                    ylabel=ylabel or (f"1 − {metric}" if direction == "higher" else metric),
+                    forecasts=spec_fc,
+                )
+            )
+    comparisons = compare_fits(fits, "objective") if "objective" in group else []
+    fits_json = write_json(
+        {"fits": [f.to_json() for f in fits], "issues": issues}, out_dir / "fits.json"
+    )
+    forecasts_json = write_json(
+        {"forecasts": [f.to_json() for f in forecasts], "comparisons": comparisons},
+        out_dir / "forecasts.json",
+    )
+    report = render(
+        study=title,
+        tracking_uri=source,
+        rows=list(rows),
+        fits=fits,
+        plots=plots,
+        metric=metric,
+        metric_label=metric_label or metric,
+        out=out_dir / "report.html",
+        forecasts=forecasts,
+        comparisons=comparisons,
+        issues=issues,
+        trial_columns=trial_columns,
+        footnote=footnote,
+    )
+    return Report(
+        report=report,
+        fits_json=fits_json,
+        forecasts_json=forecasts_json,
+        plots=plots,
+        fits=fits,
+        forecasts=forecasts,
+        comparisons=comparisons,
+        issues=issues,
+    )
