@@ -16,6 +16,20 @@ import pyarrow.compute as pc
 from bioscale.data.manifest import FEATURES
 
 
+def _select_rows(
+    batch: pa.Table, *, sample_ids: pa.Array, labels: dict[str, np.ndarray], keep: list[str]
+) -> dict[str, np.ndarray]:
+    """Keep the batch rows whose ``sample_id`` is selected; emit the ``keep`` columns + labels."""
+    pos = pc.index_in(batch.column("sample_id"), value_set=sample_ids)
+    mask = pc.is_valid(pos)
+    kept = batch.filter(mask)
+    where = pos.filter(mask).to_numpy(zero_copy_only=False).astype(np.int64)
+    out = {c: kept.column(c).to_numpy(zero_copy_only=False) for c in keep}
+    for name, values in labels.items():
+        out[name] = values[where]
+    return out
+
+
 def _attach_labels(
     batch: pa.Table, *, sample_ids: pa.Array, labels: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -58,3 +72,67 @@ def with_labels(
             "labels": {k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
         },
     )
+
+
+def read_sites(
+    manifest: str | Path, dyes: list[str], *, num_blocks: int = 8, cpus_per_task: float = 0.25
+):
+    """An image manifest's ``sample_id`` and ``path_<Dye>`` columns as a Ray Dataset."""
+    import ray.data
+
+    columns = ["sample_id", *[f"path_{d}" for d in dyes]]
+    ds = ray.data.read_parquet(str(manifest), columns=columns, num_cpus=cpus_per_task)
+    return ds.repartition(num_blocks)
+
+
+def decoded_sites(
+    sites,
+    sample_ids: np.ndarray,
+    labels: dict[str, np.ndarray],
+    *,
+    dyes: list[str],
+    crop: int,
+    crops_per_site: int,
+    crop_mode: str,
+    downsample: int,
+    normalise: str,
+    seed: int | None,
+    batch_size: int,
+    cpus_per_task: float,
+    select_cpus: float = 0.25,
+):
+    """Selected sites → decoded crops ``{"x": (C, crop, crop) float32, <label>: int64}``, streamed.
+
+    Rows are selected (and labelled) before any pixel is read; decoding runs in parallel
+    ``map_batches`` tasks of ``batch_size`` sites. A site that cannot be read stops the trial
+    with the sample and file named (``bad_sample_policy: error``).
+    """
+    from bioscale.data.images import decode_batch
+
+    selected = sites.map_batches(
+        _select_rows,
+        batch_format="pyarrow",
+        num_cpus=select_cpus,
+        fn_kwargs={
+            "sample_ids": pa.array(list(sample_ids), type=pa.string()),
+            "labels": {k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
+            "keep": ["sample_id", *[f"path_{d}" for d in dyes]],
+        },
+    )
+    decoded = selected.map_batches(
+        decode_batch,
+        batch_format="numpy",
+        batch_size=batch_size,
+        num_cpus=cpus_per_task,
+        fn_kwargs={
+            "dyes": list(dyes),
+            "crop": crop,
+            "crops_per_site": crops_per_site,
+            "crop_mode": crop_mode,
+            "downsample": downsample,
+            "rng": seed,
+            "normalise": normalise,
+            "bad_sample_policy": "error",
+        },
+    )
+    return decoded.select_columns(["x", *labels])

@@ -271,6 +271,8 @@ def resolve(
         "splits": asdict(spec.data.splits),
         "manifest_sha": info.sha,
     }
+    if spec.data.kind != "profiles":  # how pixels become tensors changes what a trial learns
+        identity["image"] = asdict(spec.data.image)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     params = {
         "rung": point.rung,
@@ -300,16 +302,57 @@ def resolve(
     )
 
 
+def _check_probe_sets(index: SampleIndex, spec: StudySpec) -> None:
+    """Every probe set needs samples, or the probe cannot be fit, selected or scored."""
+    for role in ("probe_train", "probe_val", "probe_test", "novel_test"):
+        if len(index.where(role=role)) == 0:
+            raise ConfigError(
+                f"data.splits: the fixed probe set '{role}' is empty for this manifest "
+                f"(splits {asdict(spec.data.splits)}; seen compounds keep at least one sample for "
+                "training, and novel compounds must exist). Lower the per-compound counts in "
+                "data.splits or use a manifest with more replicates / novel compounds."
+            )
+
+
+def study_dyes(spec: StudySpec, manifest_path: str | Path) -> list[str]:
+    """The channel order of an image study: ``data.image.dyes`` or the manifest's dyes."""
+    available = mf.dyes_of(pq.read_schema(manifest_path), str(manifest_path))
+    dyes = spec.data.image.dyes or available
+    missing = [d for d in dyes if d not in available]
+    if missing:
+        raise ConfigError(
+            f"data.image.dyes: {', '.join(missing)} not in manifest {manifest_path} "
+            f"(it has {', '.join(available)})"
+        )
+    return list(dyes)
+
+
+def sample_shape(
+    spec: StudySpec, info: mf.ManifestInfo, manifest_path: str | Path
+) -> tuple[int, ...]:
+    """One training sample's shape: (F,) for profiles, (C, crop, crop) for image crops."""
+    if spec.data.kind == "profiles":
+        if info.n_features is None:
+            raise mf.ManifestError(
+                f"manifest {manifest_path} has no 'features' column; data.kind 'profiles' needs "
+                "a profile manifest (or set data.kind: cellpainting for an image manifest)"
+            )
+        return (info.n_features,)
+    if info.n_features is not None:
+        raise mf.ManifestError(
+            f"manifest {manifest_path} holds profiles; data.kind 'cellpainting' needs an image "
+            "manifest (path_<Dye> columns)"
+        )
+    image = spec.data.image
+    return (len(study_dyes(spec, manifest_path)), image.crop, image.crop)
+
+
 def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
     """Resolve every grid point of ``spec`` against the manifest."""
     info = mf.inspect(manifest_path)
-    if info.n_features is None:
-        raise mf.ManifestError(
-            f"manifest {manifest_path} has no 'features' column; the "
-            f"'{spec.data.kind}' study needs a profile manifest"
-        )
-    input_shape = (info.n_features,)
+    input_shape = sample_shape(spec, info, manifest_path)
     index = SampleIndex.from_table(mf.read_metadata(manifest_path), spec.data.splits)
+    _check_probe_sets(index, spec)
     points, dropped = expand(spec)
     code = git_sha(Path(__file__).parent)
     has_maps = MAP_COLUMN in pq.read_schema(manifest_path).names

@@ -40,19 +40,49 @@ class ObjectiveSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DataSpec:
-    """Where the samples come from: a manifest, or a synthetic screen generated into the output folder."""
+class ImageSpec:
+    """How image sites become training tensors (``data.kind: cellpainting``).
 
-    kind: Literal["profiles"] = "profiles"
+    Crops are ``crop`` pixels after ``downsample``-fold block averaging; training takes
+    ``crops_per_site`` random crops per site per pass, evaluation the centre crop. ``dyes`` fixes
+    the channel order (default: the manifest's dyes). Decoding runs in Ray Data tasks of
+    ``decode_cpus`` logical CPUs each, ``decode_batch_size`` sites at a time.
+    """
+
+    dyes: list[str] | None = None
+    crop: int = 64
+    crops_per_site: int = 1
+    downsample: int = 1
+    normalise: Literal["percentile", "none"] = "percentile"
+    decode_batch_size: int = 16
+    decode_cpus: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.crop < 8 or self.crops_per_site < 1 or self.downsample < 1:
+            raise ConfigError("data.image: crop >= 8, crops_per_site >= 1, downsample >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    """Where the samples come from: a manifest, or a synthetic screen generated into the output
+    folder. ``kind`` says what a sample is: a well profile or a Cell Painting image site."""
+
+    kind: Literal["profiles", "cellpainting"] = "profiles"
     manifest: str | None = None
     synthetic: SynthProfilesConfig | None = None
     splits: SplitConfig = field(default_factory=SplitConfig)
+    image: ImageSpec = field(default_factory=ImageSpec)
 
     def __post_init__(self) -> None:
         if (self.manifest is None) == (self.synthetic is None):
             raise ConfigError(
                 "data: set exactly one of 'manifest' (a Parquet manifest) or "
                 "'synthetic' (generate a synthetic screen)"
+            )
+        if self.synthetic is not None and self.kind != "profiles":
+            raise ConfigError(
+                "data.synthetic generates profiles; for images run `bioscale data synth images` "
+                "and point data.manifest at its manifest"
             )
 
 
