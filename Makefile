@@ -22,8 +22,8 @@ demo: $(STAMP)
 	$(BIN)/bioscale demo --out $(DEMO_OUT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check platform tests jobs
-	$(BIN)/ruff format --check platform tests jobs
+	$(BIN)/ruff check platform tests jobs benchmarks
+	$(BIN)/ruff format --check platform tests jobs benchmarks
 
 # Two phases: tests that start their own Ray cluster (marker `cluster`) run first, each in its own
 # process tree; then everything that shares one local Ray instance. The shared phase runs last so

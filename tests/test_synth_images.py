@@ -51,7 +51,9 @@ def test_screen_files_manifest_and_determinism(tmp_path):
     other = pq.read_table(b.manifest).drop_columns(
         [f"path_{d}" for d in ["DNA", "ER", "RNA", "AGP", "Mito"]]
     )
-    assert other.equals(table.drop_columns([f"path_{d}" for d in ["DNA", "ER", "RNA", "AGP", "Mito"]]))
+    assert other.equals(
+        table.drop_columns([f"path_{d}" for d in ["DNA", "ER", "RNA", "AGP", "Mito"]])
+    )
 
 
 def test_phenotype_changes_pixels():
