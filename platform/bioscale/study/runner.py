@@ -99,9 +99,9 @@ def _trial_fn(config: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from bioscale.data.pipeline import decoded_sites, read_profiles, read_sites, with_labels
     from bioscale.data.splits import SampleIndex
-    from bioscale.study.plan import GridPoint, study_dyes, trial_data
+    from bioscale.study.datasets import trial_datasets
+    from bioscale.study.plan import GridPoint, trial_data
     from bioscale.train.ray_worker import train_worker
 
     t0 = time.perf_counter()
@@ -111,45 +111,9 @@ def _trial_fn(config: dict[str, Any]) -> None:
     res = spec.resources
     index = SampleIndex.from_table(mf.read_metadata(manifest), spec.data.splits)
     data, _ = trial_data(index, GridPoint.from_dict(payload["point"]))
-    ids = index.sample_id
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    sets = (("train", data.train), ("val", data.val), ("probe", data.probe))
-    if spec.data.kind == "profiles":
-        # One read of the manifest per trial; the three sets are derived from it and held in the
-        # object store (profiles are small), so the Train workers never wait on data tasks.
-        profiles = read_profiles(manifest, cpus_per_task=res.data_cpus_per_task).materialize()
-        datasets = {
-            name: with_labels(
-                profiles, ids[t.rows], t.columns, cpus_per_task=res.data_cpus_per_task
-            ).materialize()
-            for name, t in sets
-        }
-    else:
-        # Images stream: training crops are decoded as the workers consume them (fresh random
-        # crops every pass); the small evaluation sets are decoded once (centre crops).
-        image = spec.data.image
-        dyes = study_dyes(spec, manifest)
-        sites = read_sites(manifest, dyes, cpus_per_task=res.data_cpus_per_task)
-        datasets = {}
-        for name, t in sets:
-            training = name == "train"
-            ds = decoded_sites(
-                sites,
-                ids[t.rows],
-                t.columns,
-                dyes=dyes,
-                crop=image.crop,
-                crops_per_site=image.crops_per_site if training else 1,
-                crop_mode="random" if training else "centre",
-                downsample=image.downsample,
-                normalise=image.normalise,
-                seed=None if training else 0,
-                batch_size=image.decode_batch_size,
-                cpus_per_task=image.decode_cpus,
-                select_cpus=res.data_cpus_per_task,
-            )
-            datasets[name] = ds if training else ds.materialize()
+    datasets = trial_datasets(spec, manifest, index, data)
     use_gpu = res.gpus_per_worker > 0
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if use_gpu else {})
     trainer = TorchTrainer(

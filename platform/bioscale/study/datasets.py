@@ -1,0 +1,59 @@
+"""A trial's Ray Datasets (train, val, probe) for each kind of data, built in the trial process.
+
+The driver decides which rows and labels a trial uses (``study.plan.trial_data``); this module turns
+them into Ray Datasets that Ray Train shards across the trial's workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bioscale.data.pipeline import decoded_sites, read_profiles, read_sites, with_labels
+from bioscale.data.splits import SampleIndex
+from bioscale.study.plan import TrialData, study_dyes
+from bioscale.study.spec import StudySpec
+
+
+def trial_datasets(
+    spec: StudySpec, manifest: str, index: SampleIndex, data: TrialData
+) -> dict[str, Any]:
+    """``{"train": streamed or materialised, "val": materialised, "probe": materialised}``."""
+    res = spec.resources
+    ids = index.sample_id
+    sets = (("train", data.train), ("val", data.val), ("probe", data.probe))
+    if spec.data.kind == "profiles":
+        # One read of the manifest per trial; the three sets are derived from it and held in the
+        # object store (profiles are small), so the Train workers never wait on data tasks.
+        profiles = read_profiles(manifest, cpus_per_task=res.data_cpus_per_task).materialize()
+        datasets = {
+            name: with_labels(
+                profiles, ids[t.rows], t.columns, cpus_per_task=res.data_cpus_per_task
+            ).materialize()
+            for name, t in sets
+        }
+    else:
+        # Images stream: training crops are decoded as the workers consume them (fresh random
+        # crops every pass); the small evaluation sets are decoded once (centre crops).
+        image = spec.data.image
+        dyes = study_dyes(spec, manifest)
+        sites = read_sites(manifest, dyes, cpus_per_task=res.data_cpus_per_task)
+        datasets = {}
+        for name, t in sets:
+            training = name == "train"
+            ds = decoded_sites(
+                sites,
+                ids[t.rows],
+                t.columns,
+                dyes=dyes,
+                crop=image.crop,
+                crops_per_site=image.crops_per_site if training else 1,
+                crop_mode="random" if training else "centre",
+                downsample=image.downsample,
+                normalise=image.normalise,
+                seed=None if training else 0,
+                batch_size=image.decode_batch_size,
+                cpus_per_task=image.decode_cpus,
+                select_cpus=res.data_cpus_per_task,
+            )
+            datasets[name] = ds if training else ds.materialize()
+    return datasets
