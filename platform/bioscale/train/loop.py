@@ -149,7 +149,7 @@ def run(
     best_weights: dict[str, torch.Tensor] | None = None
     resumed = ctx.latest_checkpoint()
     if resumed is not None:
-        ckpt = torch.load(Path(resumed) / "state.pt", map_location=ctx.device, weights_only=False)
+        ckpt = torch.load(Path(resumed) / "state.pt", map_location=ctx.device, weights_only=True)
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state.update(ckpt["state"])
