@@ -19,6 +19,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+#: residuals at or below this size (the Huber δ) are points an L1-like fit interpolates
+HUBER_RESID_FLOOR = 1e-3
+
 Refit = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -52,6 +55,10 @@ def resample(
         out[idx] = mean + np.sqrt(m / (m - 1)) * rng.choice(dev, size=m, replace=True)
     if singles:
         pool = resid[singles] if len(singles) >= 3 else resid
+        # a Huber fit with δ = 1e-3 behaves like an L1 fit: about P residuals are ~0 (the curve
+        # passes through those points); they carry no information about the noise
+        informative = pool[np.abs(pool) > HUBER_RESID_FLOOR]
+        pool = informative if len(informative) >= 2 else pool
         out[singles] = fitted[singles] + inflate * rng.choice(pool, size=len(singles))
     return out
 
