@@ -43,6 +43,33 @@ def cmd_synth_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth_natural(args: argparse.Namespace) -> int:
+    from bioscale.data.natural import SynthNaturalConfig, generate_natural
+
+    cfg = SynthNaturalConfig(seed=args.seed, per_class=args.per_class, size=args.size)
+    print(f"wrote {generate_natural(cfg, args.out)} (images, maps for part of them)")
+    return 0
+
+
+def cmd_import_natural(args: argparse.Namespace) -> int:
+    from bioscale.data import natural
+
+    out = Path(args.out)
+    if args.layout == "folder":
+        path = natural.import_folder(args.input, out / "manifest.parquet", args.novel_fraction)
+    elif args.layout == "clickme":
+        shards = (
+            sorted(Path(args.input).glob("*.tfrecord*"))
+            if Path(args.input).is_dir()
+            else [Path(args.input)]
+        )
+        path = natural.import_clickme(shards, out, args.novel_fraction)
+    else:
+        path = natural.import_fixations(args.input, args.images, out, sigma_px=args.sigma_px)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from bioscale.data.importers import ImportConfig, import_dataset
 
@@ -427,6 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
     img.add_argument("--size", type=int, default=128, help="site size in pixels (default 128)")
     img.add_argument("--sites-per-well", type=int, default=2)
     img.set_defaults(func=cmd_synth_images)
+    nat = synth.add_parser(
+        "natural", help="objects whose class is a small mark, with 'human' maps of the mark"
+    )
+    nat.add_argument("--out", required=True, help="output folder")
+    nat.add_argument("--seed", type=int, default=0)
+    nat.add_argument("--per-class", type=int, default=40)
+    nat.add_argument("--size", type=int, default=64)
+    nat.set_defaults(func=cmd_synth_natural)
 
     imp = data.add_parser("import", help="import image datasets into a manifest").add_subparsers(
         dest="import_format", required=True
@@ -451,6 +486,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--dyes", default=None, help="keep these dyes in this order, e.g. DNA,ER,RNA")
     cp.add_argument("--novel-fraction", type=float, default=0.25)
     cp.set_defaults(func=cmd_import, format="cellprofiler")
+
+    nimp = imp.add_parser("natural", help="natural images with human importance maps")
+    nimp.add_argument("layout", choices=["folder", "clickme", "fixations"])
+    nimp.add_argument(
+        "input", help="folder (images/<class>/), TFRecord file/folder, or fixations JSON"
+    )
+    nimp.add_argument("--out", required=True, help="output folder (manifest.parquet inside)")
+    nimp.add_argument("--images", default=None, help="fixations: the images folder")
+    nimp.add_argument("--sigma-px", type=float, default=25.0, help="fixations: blur σ in px")
+    nimp.add_argument("--novel-fraction", type=float, default=0.0)
+    nimp.set_defaults(func=cmd_import_natural)
 
     chk = data.add_parser(
         "check", help="decode every file of an image manifest; report stats and bad files"

@@ -1,0 +1,378 @@
+"""Natural images with human importance maps: the manifest, three importers, map preprocessing,
+and a synthetic dataset whose class is decided by a small diagnostic part.
+
+Manifest (ARCHITECTURE): ``sample_id, path_image, path_map (nullable), label, group`` — one row
+per image; ``group`` is ``seen`` (training and probing) or ``novel`` (classes held out).
+
+Importers: (a) a folder layout ``images/<class>/<name>.<ext>`` with ``maps/<class>/<name>.png``;
+(b) the ClickMe TFRecord release (``image`` JPEG 256×256×3, ``heatmap`` JPEG 256×256×1, ``label``
+int64), read without TensorFlow; (c) eye-tracking fixations, per-image (y, x) lists accumulated into
+a map and blurred with a Gaussian of ``sigma_px`` pixels.
+
+Maps are prepared as the harmonizer's release did: resize to 64×64, Gaussian blur σ = 10 px at that
+scale, resize to the input size (``prepare_map``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bioscale.data.hashing import rank_key
+from bioscale.errors import ManifestError
+
+NATURAL_COLUMNS = ("sample_id", "path_image", "path_map", "label", "group")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+MAP_SCALE = 64  # px: maps are blurred at this size (ClickMe release)
+MAP_SIGMA = 10.0  # px at MAP_SCALE
+
+
+def write_natural(path: str | Path, rows: list[dict]) -> Path:
+    """Write a natural-image manifest (rows of ``NATURAL_COLUMNS``) atomically."""
+    schema = pa.schema(
+        [pa.field(c, pa.string()) for c in NATURAL_COLUMNS], metadata={b"bioscale.kind": b"natural"}
+    )
+    table = pa.Table.from_pylist(
+        [{c: r.get(c) for c in NATURAL_COLUMNS} for r in rows], schema=schema
+    )
+    bad = sorted({str(g) for g in table.column("group").to_pylist()} - {"seen", "novel"})
+    if bad:
+        raise ManifestError(f"natural manifest {path}: group must be seen or novel, got {bad}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp, row_group_size=256)
+    tmp.replace(path)
+    return path
+
+
+def _load_gray(path: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+    """RGB image → (3, size, size) float32 in [0, 1]."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+    except (OSError, ValueError) as err:
+        raise ManifestError(f"cannot read image {path}: {err}") from err
+    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+
+def prepare_map(heatmap: np.ndarray, size: int) -> np.ndarray:
+    """A human map as the release prepared it: 64×64, Gaussian blur σ = 10 px, then ``size``²."""
+    from PIL import Image
+    from scipy.ndimage import gaussian_filter
+
+    small = np.asarray(
+        Image.fromarray(heatmap.astype(np.float32)).resize((MAP_SCALE, MAP_SCALE), Image.BILINEAR)
+    )
+    blurred = gaussian_filter(small, sigma=MAP_SIGMA, mode="constant")
+    return np.asarray(
+        Image.fromarray(blurred.astype(np.float32)).resize((size, size), Image.BILINEAR),
+        dtype=np.float32,
+    )
+
+
+def load_map(path: str | None, size: int) -> np.ndarray | None:
+    """A map file (PNG, JPEG or ``.npy``) → prepared (size, size) float32, or None."""
+    if path is None:
+        return None
+    raw = np.load(path) if str(path).endswith(".npy") else _load_gray(path)
+    return prepare_map(raw, size)
+
+
+def fixation_map(
+    points: list[tuple[float, float]], shape: tuple[int, int], sigma_px: float
+) -> np.ndarray:
+    """Eye-tracking fixations (y, x in pixels) → a map: counts per pixel blurred by ``sigma_px``."""
+    from scipy.ndimage import gaussian_filter
+
+    acc = np.zeros(shape, dtype=np.float32)
+    for y, x in points:
+        yi, xi = round(y), round(x)
+        if 0 <= yi < shape[0] and 0 <= xi < shape[1]:
+            acc[yi, xi] += 1.0
+    return gaussian_filter(acc, sigma=sigma_px, mode="constant")
+
+
+def _novel(label: str, novel_fraction: float) -> bool:
+    return (rank_key(label, "bioscale-natural-novel") % 10_000) / 10_000 < novel_fraction
+
+
+def import_folder(root: str | Path, out: str | Path, novel_fraction: float = 0.0) -> Path:
+    """``root/images/<class>/*`` (+ ``root/maps/<class>/<stem>.png``) → a natural manifest."""
+    root = Path(root)
+    images = root / "images"
+    if not images.is_dir():
+        raise ManifestError(f"{root} has no images/ folder (expected images/<class>/<file>)")
+    rows = []
+    for cls in sorted(p for p in images.iterdir() if p.is_dir()):
+        for img in sorted(cls.iterdir()):
+            if img.suffix.lower() not in IMAGE_EXTS:
+                continue
+            maps = [root / "maps" / cls.name / f"{img.stem}{ext}" for ext in (".png", ".npy")]
+            found = next((str(m.resolve()) for m in maps if m.exists()), None)
+            rows.append(
+                {
+                    "sample_id": f"{cls.name}/{img.stem}",
+                    "path_image": str(img.resolve()),
+                    "path_map": found,
+                    "label": cls.name,
+                    "group": "novel" if _novel(cls.name, novel_fraction) else "seen",
+                }
+            )
+    if not rows:
+        raise ManifestError(f"no images ({', '.join(IMAGE_EXTS)}) under {images}")
+    return write_natural(out, rows)
+
+
+# ----------------------------------------------------------------- TFRecord without TensorFlow
+
+
+def read_tfrecords(path: str | Path):
+    """Yield the serialized records of a TFRecord file (length, crc, data, crc framing)."""
+    with open(path, "rb") as fh:
+        while True:
+            header = fh.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise ManifestError(f"{path}: truncated TFRecord header")
+            (length,) = struct.unpack("<Q", header[:8])
+            data = fh.read(length)
+            if len(data) < length or len(fh.read(4)) < 4:
+                raise ManifestError(f"{path}: truncated TFRecord")
+            yield data
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes):
+    """(field number, wire type, value) of a protobuf message (varint or length-delimited)."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            val, pos = _varint(buf, pos)
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            val, pos = buf[pos : pos + n], pos + n
+        elif wire == 5:
+            val, pos = buf[pos : pos + 4], pos + 4
+        elif wire == 1:
+            val, pos = buf[pos : pos + 8], pos + 8
+        else:
+            raise ManifestError(f"unsupported protobuf wire type {wire}")
+        yield num, wire, val
+
+
+def parse_example(record: bytes) -> dict[str, list]:
+    """A ``tf.train.Example`` → ``{name: values}`` (bytes_list → bytes, int64_list → int,
+    float_list → float). Example{1: Features{1: map<string, Feature>}}; Feature is a oneof of
+    BytesList (1), FloatList (2), Int64List (3)."""
+    out: dict[str, list] = {}
+    for num, _, features in _fields(record):
+        if num != 1:
+            continue
+        for fnum, _, entry in _fields(features):
+            if fnum != 1:
+                continue
+            key, feature = None, b""
+            for enum, _, val in _fields(entry):
+                if enum == 1:
+                    key = val.decode()
+                elif enum == 2:
+                    feature = val
+            values: list = []
+            for kind, _, lst in _fields(feature):
+                for _, wire, v in _fields(lst):
+                    if kind == 1:
+                        values.append(bytes(v))
+                    elif kind == 3:  # packed (wire 2) or not (wire 0)
+                        if wire == 2:
+                            p = 0
+                            while p < len(v):
+                                x, p = _varint(v, p)
+                                values.append(x - (1 << 64) if x >= 1 << 63 else x)
+                        else:
+                            values.append(v - (1 << 64) if v >= 1 << 63 else v)
+                    elif kind == 2:
+                        if wire == 2:
+                            values.extend(struct.unpack(f"<{len(v) // 4}f", v))
+                        else:
+                            values.append(struct.unpack("<f", v)[0])
+            out[key] = values
+    return out
+
+
+def import_clickme(
+    tfrecords: list[str | Path], out_dir: str | Path, novel_fraction: float = 0.0
+) -> Path:
+    """ClickMe TFRecords → JPEG/PNG files + a natural manifest in ``out_dir``."""
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    rows = []
+    for shard in tfrecords:
+        for i, record in enumerate(read_tfrecords(shard)):
+            ex = parse_example(record)
+            missing = [k for k in ("image", "heatmap", "label") if k not in ex]
+            if missing:
+                raise ManifestError(f"{shard} record {i}: no {', '.join(missing)} feature")
+            label = str(ex["label"][0])
+            sid = f"{Path(shard).stem}-{i:06d}"
+            img_path = out_dir / "images" / label / f"{sid}.jpg"
+            map_path = out_dir / "maps" / label / f"{sid}.png"
+            img_path.parent.mkdir(parents=True, exist_ok=True)
+            map_path.parent.mkdir(parents=True, exist_ok=True)
+            img_path.write_bytes(ex["image"][0])
+            heat = Image.open(io.BytesIO(ex["heatmap"][0])).convert("L")
+            heat.save(map_path)
+            rows.append(
+                {
+                    "sample_id": sid,
+                    "path_image": str(img_path.resolve()),
+                    "path_map": str(map_path.resolve()),
+                    "label": label,
+                    "group": "novel" if _novel(label, novel_fraction) else "seen",
+                }
+            )
+    return write_natural(out_dir / "manifest.parquet", rows)
+
+
+def import_fixations(
+    fixations_json: str | Path, images_root: str | Path, out_dir: str | Path, sigma_px: float = 25.0
+) -> Path:
+    """``{"<class>/<file>": [[y, x], ...]}`` fixations → ``.npy`` maps + a natural manifest.
+
+    ``sigma_px`` (pixels of the original image) is the blur of each fixation, roughly one degree
+    of visual angle in typical eye-tracking setups; state yours when you publish.
+    """
+    entries = json.loads(Path(fixations_json).read_text())
+    out_dir = Path(out_dir)
+    rows = []
+    for rel, points in sorted(entries.items()):
+        img = Path(images_root) / rel
+        if not img.exists():
+            raise ManifestError(f"fixations list {rel}, but {img} does not exist")
+        shape = _load_gray(str(img)).shape
+        heat = fixation_map([tuple(p) for p in points], shape, sigma_px)
+        map_path = out_dir / "maps" / f"{Path(rel).with_suffix('')}.npy"
+        map_path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(map_path, heat)
+        label = Path(rel).parent.name
+        rows.append(
+            {
+                "sample_id": str(Path(rel).with_suffix("")),
+                "path_image": str(img.resolve()),
+                "path_map": str(map_path.resolve()),
+                "label": label,
+                "group": "seen",
+            }
+        )
+    return write_natural(out_dir / "manifest.parquet", rows)
+
+
+# ------------------------------------------------------------------------ synthetic natural data
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthNaturalConfig:
+    """Objects on textured backgrounds; the class is the shape of a small diagnostic mark on the
+    object (the rest of the object is the same for every class), so a model that looks at the mark
+    is right for the right reason. ``map_fraction`` of images carry a map of the mark."""
+
+    seed: int = 0
+    n_classes: int = 4
+    per_class: int = 40
+    size: int = 64
+    map_fraction: float = 0.75
+
+
+def _render(
+    rng: np.random.Generator, cls: int, cfg: SynthNaturalConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    s = cfg.size
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    # textured background: random low-frequency colour waves
+    img = np.zeros((s, s, 3), np.float32)
+    for c in range(3):
+        fy, fx, ph = rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3), rng.uniform(0, 6.3)
+        img[..., c] = 0.5 + 0.25 * np.sin(fy * yy + fx * xx + ph)
+    img += rng.normal(0, 0.08, img.shape)
+    # the object: a grey disc at a random place
+    cy, cx, r = rng.uniform(0.35 * s, 0.65 * s), rng.uniform(0.35 * s, 0.65 * s), 0.22 * s
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+    img[disc] = 0.45 + rng.normal(0, 0.03, (disc.sum(), 3))
+    # the diagnostic mark (class-specific shape) at a random spot on the object
+    my, mx = cy + rng.uniform(-0.4, 0.4) * r, cx + rng.uniform(-0.4, 0.4) * r
+    m = 0.09 * s
+    dy, dx = yy - my, xx - mx
+    shapes = [
+        np.abs(dy) + np.abs(dx) < m,  # diamond
+        (np.abs(dy) < m) & (np.abs(dx) < m * 0.35),  # vertical bar
+        (np.abs(dx) < m) & (np.abs(dy) < m * 0.35),  # horizontal bar
+        (dy**2 + dx**2 < m**2) & (dy**2 + dx**2 > (0.5 * m) ** 2),
+    ]  # ring
+    mark = shapes[cls % len(shapes)]
+    img[mark] = np.array([0.9, 0.2, 0.1]) + rng.normal(0, 0.03, (mark.sum(), 3))
+    heat = np.exp(-((dy**2 + dx**2) / (2 * (0.8 * m) ** 2))).astype(np.float32)
+    return np.clip(img, 0, 1), heat
+
+
+def generate_natural(cfg: SynthNaturalConfig, out_dir: str | Path) -> Path:
+    """Write PNG images, ``.npy`` maps (for ``map_fraction`` of them) and the manifest."""
+    from PIL import Image
+
+    if cfg.n_classes > 4:
+        raise ValueError("the synthetic natural dataset has 4 mark shapes (n_classes <= 4)")
+    rng = np.random.default_rng(cfg.seed)
+    out = Path(out_dir)
+    rows = []
+    for cls in range(cfg.n_classes):
+        for i in range(cfg.per_class):
+            img, heat = _render(rng, cls, cfg)
+            sid = f"class{cls}/img{i:04d}"
+            img_path = out / "images" / f"{sid}.png"
+            img_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img * 255).astype(np.uint8)).save(img_path)
+            map_path = None
+            if rng.random() < cfg.map_fraction:
+                p = out / "maps" / f"{sid}.npy"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                np.save(p, heat)
+                map_path = str(p.resolve())
+            rows.append(
+                {
+                    "sample_id": sid,
+                    "path_image": str(img_path.resolve()),
+                    "path_map": map_path,
+                    "label": f"class{cls}",
+                    "group": "seen",
+                }
+            )
+    return write_natural(out / "manifest.parquet", rows)
