@@ -376,3 +376,91 @@ def generate_natural(cfg: SynthNaturalConfig, out_dir: str | Path) -> Path:
                 }
             )
     return write_natural(out / "manifest.parquet", rows)
+
+
+# ------------------------------------------------------------------ natural manifests in studies
+
+
+def inspect(path: str | Path):
+    """A natural manifest's ``ManifestInfo`` (validated, hashed)."""
+    from bioscale.data.manifest import ManifestInfo, manifest_sha
+
+    sha = manifest_sha(path)
+    try:
+        schema = pq.read_schema(path)
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ManifestError(f"manifest {path} is not a readable Parquet file: {err}") from err
+    missing = [c for c in NATURAL_COLUMNS if c not in schema.names]
+    if missing:
+        raise ManifestError(
+            f"natural manifest {path} lacks column(s) {', '.join(missing)}; it needs "
+            f"{', '.join(NATURAL_COLUMNS)} (write it with `bioscale data import natural`)"
+        )
+    return ManifestInfo(
+        path=str(Path(path).resolve()), sha=sha, kind="natural", n_rows=rows, n_features=None
+    )
+
+
+def metadata_table(path: str | Path) -> pa.Table:
+    """The natural manifest in the shape of the HCS metadata columns, so diets, splits and probes
+    work unchanged: a class plays the part of a compound (diets keep a fraction of each class's
+    images) and is the task label (``moa``); every image is its own well."""
+    from bioscale.data.manifest import METADATA_COLUMNS
+
+    table = pq.read_table(path, columns=list(NATURAL_COLUMNS))
+    n = table.num_rows
+    ids = table.column("sample_id")
+    labels = table.column("label")
+    const = pa.array(["natural"] * n, pa.string())
+    columns = {
+        "sample_id": ids,
+        "source": const,
+        "batch": const,
+        "plate": const,
+        "well": ids,
+        "site": pa.array([0] * n, pa.int32()),
+        "perturbation_id": labels,
+        "perturbation_type": pa.array(["image"] * n, pa.string()),
+        "inchikey": pa.nulls(n, pa.string()),
+        "smiles": pa.nulls(n, pa.string()),
+        "concentration": pa.nulls(n, pa.float64()),
+        "moa": labels,
+        "target": pa.nulls(n, pa.string()),
+        "group": table.column("group"),
+    }
+    return pa.table({c: columns[c] for c in METADATA_COLUMNS})
+
+
+def has_maps(path: str | Path) -> bool:
+    """Whether any image of the manifest has a human map."""
+    return (
+        pq.read_table(path, columns=["path_map"]).column("path_map").null_count
+        < pq.ParquetFile(path).metadata.num_rows
+    )
+
+
+def decode_natural(
+    batch: dict[str, np.ndarray], *, size: int, flip: bool, seed: int | None
+) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` (numpy format): images and maps → ``x`` (B, 3, size, size) float32
+    in [0, 1], ``map`` (B, size, size) float32 (zeros where absent), ``has_map`` (B,) bool.
+    With ``flip`` each image and its map are mirrored together with probability ½."""
+    ids = [str(s) for s in batch["sample_id"]]
+    xs, maps, has = [], [], []
+    for i, sid in enumerate(ids):
+        x = load_image(str(batch["path_image"][i]), size)
+        raw = batch["path_map"][i]
+        m = load_map(str(raw), size) if raw is not None and str(raw) not in ("", "None") else None
+        has.append(m is not None)
+        m = m if m is not None else np.zeros((size, size), np.float32)
+        rng = np.random.default_rng(None if seed is None else rank_key(sid, seed))
+        if flip and rng.random() < 0.5:
+            x, m = x[:, :, ::-1], m[:, ::-1]
+        xs.append(np.ascontiguousarray(x))
+        maps.append(np.ascontiguousarray(m))
+    out = {"x": np.stack(xs), "map": np.stack(maps), "has_map": np.array(has, dtype=bool)}
+    for name, values in batch.items():
+        if name not in ("path_image", "path_map", "sample_id"):
+            out[name] = values
+    return out

@@ -136,3 +136,43 @@ def decoded_sites(
         },
     )
     return decoded.select_columns(["x", *labels])
+
+
+def decoded_natural(
+    manifest: str | Path,
+    sample_ids: np.ndarray,
+    labels: dict[str, np.ndarray],
+    *,
+    size: int,
+    flip: bool,
+    seed: int | None,
+    batch_size: int,
+    cpus_per_task: float,
+    select_cpus: float = 0.25,
+):
+    """Selected natural images → ``{"x": (3, size, size), "map": (size, size), "has_map": bool,
+    <label>: int64}``, decoded in parallel ``map_batches`` tasks (maps flip with their image)."""
+    import ray.data
+
+    from bioscale.data.natural import decode_natural
+
+    keep = ["sample_id", "path_image", "path_map"]
+    rows = ray.data.read_parquet(str(manifest), columns=keep, num_cpus=select_cpus).repartition(8)
+    selected = rows.map_batches(
+        _select_rows,
+        batch_format="pyarrow",
+        num_cpus=select_cpus,
+        fn_kwargs={
+            "sample_ids": pa.array(list(sample_ids), type=pa.string()),
+            "labels": {k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
+            "keep": keep,
+        },
+    )
+    decoded = selected.map_batches(
+        decode_natural,
+        batch_format="numpy",
+        batch_size=batch_size,
+        num_cpus=cpus_per_task,
+        fn_kwargs={"size": size, "flip": flip, "seed": seed},
+    )
+    return decoded.select_columns(["x", "map", "has_map", *labels])

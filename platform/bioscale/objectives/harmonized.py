@@ -110,7 +110,7 @@ def saliency_maps(logits, x, y, rows):
 
 @dataclass(frozen=True, kw_only=True)
 class HarmonizedParams:
-    task: Literal["label", "moa", "target"] = "label"
+    task: Literal["moa", "target"] = "moa"  # natural images keep their class in ``moa``
     label_smoothing: float = 0.1
     lambda_h: float = 1.0
     align_reduction: Literal["mapped", "batch"] = "mapped"

@@ -13,7 +13,7 @@ from bioscale.objectives.registry import register
 
 @dataclass(frozen=True, kw_only=True)
 class SupervisedParams:
-    task: Literal["moa", "target"] = "moa"
+    task: Literal["moa", "target"] = "moa"  # natural images keep their class in ``moa``
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bioscale.data.pipeline import decoded_sites, read_profiles, read_sites, with_labels
+from bioscale.data.pipeline import (
+    decoded_natural,
+    decoded_sites,
+    read_profiles,
+    read_sites,
+    with_labels,
+)
 from bioscale.data.splits import SampleIndex
 from bioscale.study.plan import TrialData, study_dyes
 from bioscale.study.spec import StudySpec
@@ -31,6 +37,23 @@ def trial_datasets(
             ).materialize()
             for name, t in sets
         }
+    elif spec.data.kind == "natural":
+        image = spec.data.image
+        datasets = {}
+        for name, t in sets:
+            training = name == "train"
+            ds = decoded_natural(
+                manifest,
+                ids[t.rows],
+                t.columns,
+                size=image.crop,
+                flip=training,
+                seed=None if training else 0,
+                batch_size=image.decode_batch_size,
+                cpus_per_task=image.decode_cpus,
+                select_cpus=res.data_cpus_per_task,
+            )
+            datasets[name] = ds if training else ds.materialize()
     else:
         # Images stream: training crops are decoded as the workers consume them (fresh random
         # crops every pass); the small evaluation sets are decoded once (centre crops).

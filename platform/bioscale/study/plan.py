@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from bioscale.config import from_mapping, to_mapping
 from bioscale.data import manifest as mf
+from bioscale.data import natural
 from bioscale.data.diets import Diet, select
 from bioscale.data.splits import SampleIndex
 from bioscale.errors import ConfigError
@@ -27,10 +28,6 @@ from bioscale.objectives import registry as objectives
 from bioscale.objectives.base import Objective, Targets
 from bioscale.study.spec import ObjectiveSpec, StudySpec
 from bioscale.train.loop import LoopConfig
-
-#: The manifest column that holds a sample's human importance map (natural images; images with
-#: expert maps).
-MAP_COLUMN = "path_map"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,14 +175,12 @@ def expand(spec: StudySpec) -> tuple[list[GridPoint], list[tuple[GridPoint, str]
 
 
 def probe_targets(index: SampleIndex) -> Targets:
-    """The fixed probe sets (identical for every trial): MoA labels over ``seen`` MoAs."""
-    rows = index.where(role=tuple(ROLE_CODES))
-    vocab = sorted({m for m in index.moa[index.where(groups=frozenset({"seen"}))] if m})
-    lookup = {m: i for i, m in enumerate(vocab)}
-    label = np.array([lookup.get(m, -1) for m in index.moa[rows]], dtype=np.int64)
-    keep = label >= 0  # a novel compound whose MoA no seen compound has cannot be probed
-    role = np.array([ROLE_CODES[r] for r in index.role[rows]], dtype=np.int64)
-    return Targets(rows=rows[keep], columns={"role": role[keep], "label": label[keep]})
+    """The fixed probe sets (identical for every trial) and the control wells they are normalised
+    against: roles, MoA and target labels over ``seen`` compounds, plate/source/compound/well
+    codes (``bioscale.eval.probe_sets``)."""
+    from bioscale.eval.probe_sets import probe_set_targets
+
+    return probe_set_targets(index)
 
 
 def trial_data(index: SampleIndex, point: GridPoint) -> tuple[TrialData, dict[str, int]]:
@@ -222,6 +217,9 @@ def _size_and_flops(
     batch = {"x": torch.randn(4, *input_shape, generator=gen)}
     for col, n in num_classes.items():
         batch[col] = torch.randint(0, max(n, 1), (4,), generator=gen)
+    if objective.needs_maps:  # every image with a map: the most a step can cost
+        batch["map"] = torch.rand(4, *input_shape[1:], generator=gen)
+        batch["has_map"] = torch.ones(4, dtype=torch.bool)
     flops = training_step_flops(net, objective, batch)
     return count_parameters(backbone), count_parameters(heads), rung_cfg.family, flops
 
@@ -302,9 +300,29 @@ def resolve(
     )
 
 
+def inspect_manifest(spec: StudySpec, manifest_path: str | Path) -> mf.ManifestInfo:
+    """Validate and hash the study's manifest, whatever its kind."""
+    if spec.data.kind == "natural":
+        return natural.inspect(manifest_path)
+    return mf.inspect(manifest_path)
+
+
+def load_index(spec: StudySpec, manifest_path: str | Path) -> SampleIndex:
+    """The manifest's metadata and fixed roles (the same in the driver and every trial)."""
+    if spec.data.kind == "natural":
+        table = natural.metadata_table(manifest_path)
+    else:
+        table = mf.read_metadata(manifest_path)
+    return SampleIndex.from_table(table, spec.data.splits)
+
+
 def _check_probe_sets(index: SampleIndex, spec: StudySpec) -> None:
-    """Every probe set needs samples, or the probe cannot be fit, selected or scored."""
-    for role in ("probe_train", "probe_val", "probe_test", "novel_test"):
+    """Every probe set needs samples, or the probe cannot be fit, selected or scored (natural
+    images need no novel classes)."""
+    roles = ["probe_train", "probe_val", "probe_test"]
+    if spec.data.kind != "natural":
+        roles.append("novel_test")
+    for role in roles:
         if len(index.where(role=role)) == 0:
             raise ConfigError(
                 f"data.splits: the fixed probe set '{role}' is empty for this manifest "
@@ -338,6 +356,8 @@ def sample_shape(
                 "a profile manifest (or set data.kind: cellpainting for an image manifest)"
             )
         return (info.n_features,)
+    if spec.data.kind == "natural":
+        return (3, spec.data.image.crop, spec.data.image.crop)
     if info.n_features is not None:
         raise mf.ManifestError(
             f"manifest {manifest_path} holds profiles; data.kind 'cellpainting' needs an image "
@@ -349,21 +369,21 @@ def sample_shape(
 
 def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
     """Resolve every grid point of ``spec`` against the manifest."""
-    info = mf.inspect(manifest_path)
+    info = inspect_manifest(spec, manifest_path)
     input_shape = sample_shape(spec, info, manifest_path)
-    index = SampleIndex.from_table(mf.read_metadata(manifest_path), spec.data.splits)
+    index = load_index(spec, manifest_path)
     _check_probe_sets(index, spec)
     points, dropped = expand(spec)
     code = git_sha(Path(__file__).parent)
-    has_maps = MAP_COLUMN in pq.read_schema(manifest_path).names
+    has_maps = spec.data.kind == "natural" and natural.has_maps(manifest_path)
     trials = []
     for i, point in enumerate(points):
         if objectives.get(point.objective.name).needs_maps and not has_maps:
             dropped.append(
                 (
                     point,
-                    f"{point.objective.name} needs samples with human importance "
-                    f"maps (a '{MAP_COLUMN}' column); this {spec.data.kind} manifest has none",
+                    f"{point.objective.name} needs samples with human importance maps "
+                    f"(a natural-image manifest with path_map); this {spec.data.kind} data has none",
                 )
             )
             continue

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from bioscale.config import to_mapping
-from bioscale.data import manifest as mf
 from bioscale.names import NODE_IDS
 from bioscale.study.plan import StudyPlan, plan
 from bioscale.study.spec import StudySpec
@@ -99,9 +98,8 @@ def _trial_fn(config: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from bioscale.data.splits import SampleIndex
     from bioscale.study.datasets import trial_datasets
-    from bioscale.study.plan import GridPoint, trial_data
+    from bioscale.study.plan import GridPoint, load_index, trial_data
     from bioscale.train.ray_worker import train_worker
 
     t0 = time.perf_counter()
@@ -109,7 +107,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
     spec = StudySpec.from_dict(payload["study"])
     manifest = payload["manifest"]
     res = spec.resources
-    index = SampleIndex.from_table(mf.read_metadata(manifest), spec.data.splits)
+    index = load_index(spec, manifest)
     data, _ = trial_data(index, GridPoint.from_dict(payload["point"]))
 
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -67,7 +67,7 @@ class DataSpec:
     """Where the samples come from: a manifest, or a synthetic screen generated into the output
     folder. ``kind`` says what a sample is: a well profile or a Cell Painting image site."""
 
-    kind: Literal["profiles", "cellpainting"] = "profiles"
+    kind: Literal["profiles", "cellpainting", "natural"] = "profiles"
     manifest: str | None = None
     synthetic: SynthProfilesConfig | None = None
     splits: SplitConfig = field(default_factory=SplitConfig)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bioscale.eval.probe import ProbeConfig, linear_probe
+from bioscale.eval.probe import ProbeConfig
+from bioscale.eval.tasks import evaluate as evaluate_probe_rows
 from bioscale.models.ladder import get_rung
 from bioscale.objectives import registry as objectives
 from bioscale.train.context import TrainContext
@@ -102,15 +103,16 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-@torch.no_grad()
 def _val_loss(model: nn.Module, objective: Any, ctx: TrainContext) -> float | None:
     model.eval()
     total, count = 0.0, 0
-    for batch in ctx.eval_batches("val"):
-        batch = _to(batch, ctx.device)
-        n = len(batch["x"])
-        total += float(objective.loss_terms(model, batch)["loss"]) * n
-        count += n
+    # objectives whose loss differentiates the input (the harmonizer's saliency) need autograd on
+    with torch.enable_grad() if objective.needs_maps else torch.no_grad():
+        for batch in ctx.eval_batches("val"):
+            batch = _to(batch, ctx.device)
+            n = len(batch["x"])
+            total += float(objective.loss_terms(model, batch)["loss"].detach()) * n
+            count += n
     return total / count if count else None
 
 
@@ -243,9 +245,8 @@ def run(
     }
     if ctx.rank == 0:
         probe_data = embed(net.backbone, ctx.eval_batches("probe"), ctx.device)
-        final |= linear_probe(
-            probe_data["emb"], probe_data["role"], probe_data["label"], cfg.probe_task, cfg.probe
-        )
+        # normalised against the control wells, then every task of the study's ``eval:``
+        final |= evaluate_probe_rows(probe_data, cfg.probe)
         final["val/best_loss"] = (
             state["best_val"] if math.isfinite(state["best_val"]) else float("nan")
         )
