@@ -1,78 +1,242 @@
-"""Linear probes on frozen embeddings (Pheno-CA tasks; split names frozen in ARCHITECTURE).
+"""Probes on frozen embeddings (Pheno-CA tasks; split and metric names frozen in ARCHITECTURE).
 
-The probe is fit on the ``probe_train`` wells of ``seen`` compounds, its L2 strength chosen on
-``probe_val`` (never on a test split — the published code picked epochs on test), and reported on
-``seen_compounds`` (the held-out ``probe_test`` wells of seen compounds) and ``novel_compounds``
-(every well of compounds no objective trained on).
+Readouts (``bioscale.eval.readout``) are fit on the ``probe_train`` wells of ``seen`` compounds,
+selected on ``probe_val`` (never on a test split — the published code picked epochs on test), and
+reported on:
+
+- ``seen_compounds``: the held-out ``probe_test`` wells of seen compounds;
+- ``novel_compounds``: every well of compounds no objective trained on;
+- ``heldout_source`` (data with several sources): the readout is refit on the probe_train wells
+  outside one source (the last in sorted order), selected on the probe_val wells outside it, and
+  scored on every probe-set well of seen compounds inside it — a source the readout never saw
+  (linear readout only, to keep evaluation cheap).
+
+Metrics: ``top1``, ``top10`` and ``macro_f1``. Multi-label tasks (targets): a row is a top-k hit
+when *any* of its true labels is among the k most probable classes; for macro-F1 a row's
+prediction is its top-1 class, and its true class is that class when it is one of the row's labels
+(else the row's first label). The linear readout's keys are ``probe/<task>/<split>/<metric>``, the
+MLP's ``probe/<task>_mlp/<split>/<metric>``.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-#: Integer codes of the probe roles inside a probe batch (column ``role``).
-ROLE_CODES = {"probe_train": 0, "probe_val": 1, "probe_test": 2, "novel_test": 3}
+from bioscale.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Integer codes of the probe roles inside a probe batch (column ``role``); stable: new roles get
+#: new codes. ``control``: negative-control wells, the reference of normalisation and retrieval.
+ROLE_CODES = {"probe_train": 0, "probe_val": 1, "probe_test": 2, "novel_test": 3, "control": 4}
 SPLITS = {"seen_compounds": ROLE_CODES["probe_test"], "novel_compounds": ROLE_CODES["novel_test"]}
+HELDOUT_SOURCE = "heldout_source"
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProbeConfig:
-    """Linear probe settings: inverse L2 strengths tried on validation, and the k of top-k."""
+    """Evaluation settings (the study's ``probe:`` section; ``tasks`` comes from ``eval:``).
+
+    Attributes:
+        cs: inverse L2 strengths of the linear readout, chosen on validation.
+        topk: the k of top-k accuracy.
+        max_iter: lbfgs iterations of the linear readout.
+        tasks: evaluation tasks (``bioscale.eval.tasks.TASKS``); a study sets them from ``eval:``.
+        readouts: probe readouts (``bioscale.eval.readout.READOUTS``).
+        normalise: ``robust_z``: per-plate median/MAD of the control wells; ``none``: raw.
+        sphere: ZCA-whiten after the robust z-score, fitted on the pooled controls.
+        shrinkage: covariance shrinkage of the sphering in [0, 1]; ``None``: Ledoit-Wolf.
+        clip: clip robust z-scores to ±clip (``None``: no clipping).
+        heldout_source: report the ``heldout_source`` split when the data has several sources.
+        mlp_hidden, mlp_dropout, mlp_epochs, mlp_patience, mlp_lr, mlp_weight_decay,
+            mlp_batch_size: the MLP readout (paper: 2048 hidden, GELU, dropout 0.1).
+        leakage_c: inverse L2 strength of the plate/source leakage probes.
+        retrieval_null_size: size of copairs' null distribution for mAP p-values.
+        retrieval_threshold: p-value threshold of ``fraction_retrieved`` (FDR-corrected).
+        embed_batch_size: rows per batch when re-evaluation embeds with Ray Data.
+        seed: seed of the MLP readout and the retrieval null distributions.
+    """
 
     cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
     topk: tuple[int, ...] = (1, 10)
     max_iter: int = 500
+    tasks: tuple[str, ...] = ("moa",)
+    readouts: tuple[str, ...] = ("linear", "mlp")
+    normalise: Literal["robust_z", "none"] = "robust_z"
+    sphere: bool = True
+    shrinkage: float | None = None
+    clip: float | None = 30.0
+    heldout_source: bool = True
+    mlp_hidden: int = 2048
+    mlp_dropout: float = 0.1
+    mlp_epochs: int = 60
+    mlp_patience: int = 8
+    mlp_lr: float = 1e-3
+    mlp_weight_decay: float = 1e-4
+    mlp_batch_size: int = 256
+    leakage_c: float = 1.0
+    retrieval_null_size: int = 10000
+    retrieval_threshold: float = 0.05
+    embed_batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from bioscale.eval.readout import READOUTS
+
+        if not self.cs or min(self.cs) <= 0:
+            raise ConfigError("probe.cs: give at least one positive C")
+        if not self.topk or min(self.topk) < 1:
+            raise ConfigError("probe.topk: k must be >= 1")
+        if self.shrinkage is not None and not 0.0 <= self.shrinkage <= 1.0:
+            raise ConfigError(f"probe.shrinkage must be in [0, 1] or null, got {self.shrinkage}")
+        for name in self.readouts:
+            READOUTS.get(name)
+        if self.mlp_hidden < 1 or self.mlp_epochs < 1 or self.mlp_batch_size < 1:
+            raise ConfigError("probe: mlp_hidden, mlp_epochs and mlp_batch_size must be >= 1")
+        from bioscale.eval.tasks import TASKS
+
+        for name in self.tasks:
+            TASKS.get(name)
 
 
 def topk_accuracy(proba: np.ndarray, classes: np.ndarray, y: np.ndarray, k: int) -> float:
-    """Share of rows whose true class is among the k most probable (a class the probe never saw
-    counts as a miss)."""
+    """Share of rows whose true class (``y`` (n,), or (n, K) label sets with -1 padding) is among
+    the k most probable (a class the probe never saw counts as a miss)."""
+    from bioscale.eval.readout import hits_at_k
+
     if len(y) == 0:
         return float("nan")
-    k = min(k, proba.shape[1])
-    top = classes[np.argsort(-proba, axis=1)[:, :k]]
-    return float(np.mean((top == y[:, None]).any(axis=1)))
+    labels = y[:, None] if y.ndim == 1 else y
+    return float(hits_at_k(proba, classes, labels, k).mean())
+
+
+def macro_f1(proba: np.ndarray, classes: np.ndarray, labels: np.ndarray) -> float:
+    """Macro-F1 of the top-1 prediction; multi-label rows count the prediction as their true class
+    when it is one of their labels (else their first label)."""
+    from sklearn.metrics import f1_score
+
+    if len(labels) == 0:
+        return float("nan")
+    pred = classes[np.argmax(proba, axis=1)]
+    hit = ((labels == pred[:, None]) & (labels >= 0)).any(axis=1)
+    true = np.where(hit, pred, labels[:, 0])
+    return float(f1_score(true, pred, average="macro", zero_division=0))
+
+
+def score(proba: np.ndarray, classes: np.ndarray, labels: np.ndarray, cfg: ProbeConfig) -> dict:
+    """``{top<k>: .., macro_f1: ..}`` of (n, C) probabilities against (n, K) label sets."""
+    out = {f"top{k}": topk_accuracy(proba, classes, labels, k) for k in cfg.topk}
+    out["macro_f1"] = macro_f1(proba, classes, labels)
+    return out
+
+
+def _fit_and_score(
+    name: str,
+    z: np.ndarray,
+    labels: np.ndarray,
+    fit_rows: np.ndarray,
+    val_rows: np.ndarray,
+    tests: dict[str, np.ndarray],
+    cfg: ProbeConfig,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Standardise on the fit rows, fit and select one readout, score it on each test mask."""
+    from sklearn.preprocessing import StandardScaler
+
+    from bioscale.eval.readout import READOUTS
+
+    scaler = StandardScaler().fit(z[fit_rows])
+
+    def scaled(rows: np.ndarray) -> np.ndarray:
+        return np.nan_to_num(scaler.transform(z[rows]), nan=0.0, posinf=0.0, neginf=0.0)
+
+    fitted = READOUTS.get(name)(
+        scaled(fit_rows), labels[fit_rows], scaled(val_rows), labels[val_rows], cfg
+    )
+    scores = {
+        split: score(fitted.predict_proba(scaled(rows)), fitted.classes, labels[rows], cfg)
+        for split, rows in tests.items()
+        if rows.any()  # e.g. natural images have no novel classes
+    }
+    return fitted.selected, scores
+
+
+def probe_task(
+    z: np.ndarray,
+    role: np.ndarray,
+    labels: np.ndarray,
+    source: np.ndarray | None,
+    task: str,
+    cfg: ProbeConfig,
+) -> dict[str, float]:
+    """Fit, select and score every readout of ``cfg.readouts`` on one task.
+
+    Args:
+        z: (n, d) normalised embeddings of the probe rows.
+        role: (n,) role codes (``ROLE_CODES``).
+        labels: (n, K) task label codes, -1 padding (K = 1 for single-label tasks); rows without
+            any label (controls, compounds whose label no seen compound has) are ignored.
+        source: (n,) source codes, or ``None`` (no ``heldout_source`` split).
+        task: task name for the metric keys.
+        cfg: probe settings.
+
+    Returns:
+        ``probe/<task>[_mlp]/<split>/<metric>`` for every split, ``probe/<task>/C`` (linear) and
+        ``probe/<task>_mlp/epoch`` (MLP).
+    """
+    labelled = (labels >= 0).any(axis=1)
+    train = labelled & (role == ROLE_CODES["probe_train"])
+    val = labelled & (role == ROLE_CODES["probe_val"])
+    if not train.any() or not val.any():
+        raise ValueError(f"probe {task!r}: no labelled probe_train or probe_val rows")
+    tests = {name: labelled & (role == code) for name, code in SPLITS.items()}
+
+    heldout = None
+    if cfg.heldout_source and source is not None:
+        sources = np.unique(source[labelled])
+        if len(sources) > 1:
+            inside = source == sources[-1]
+            seen_sets = [ROLE_CODES[r] for r in ("probe_train", "probe_val", "probe_test")]
+            reserved = labelled & np.isin(role, seen_sets)
+            heldout = (train & ~inside, val & ~inside, reserved & inside)
+            if not all(m.any() for m in heldout):
+                log.warning("probe %s: a held-out source leaves an empty set; skipped", task)
+                heldout = None
+
+    metrics: dict[str, float] = {}
+    for name in cfg.readouts:
+        prefix = f"probe/{task}" if name == "linear" else f"probe/{task}_{name}"
+        selected, scores = _fit_and_score(name, z, labels, train, val, tests, cfg)
+        if heldout is not None and name == "linear":
+            _, more = _fit_and_score(
+                name, z, labels, heldout[0], heldout[1], {HELDOUT_SOURCE: heldout[2]}, cfg
+            )
+            scores |= more
+        metrics |= {f"{prefix}/{key}": value for key, value in selected.items()}
+        for split, values in scores.items():
+            metrics |= {f"{prefix}/{split}/{metric}": v for metric, v in values.items()}
+    return metrics
 
 
 def linear_probe(
     emb: np.ndarray, role: np.ndarray, label: np.ndarray, task: str, cfg: ProbeConfig
 ) -> dict[str, float]:
-    """Fit, select and score an L2 logistic-regression probe.
+    """The linear readout alone on raw embeddings, single-label, without ``heldout_source``.
 
     Args:
         emb: (n, d) float32 frozen embeddings of the probe sets.
         role: (n,) role codes (``ROLE_CODES``).
-        label: (n,) integer task labels.
+        label: (n,) integer task labels (-1: unlabelled).
         task: task name for the metric keys (``moa``).
         cfg: probe settings.
 
     Returns:
-        ``probe/<task>/<split>/top<k>`` for both splits, plus ``probe/<task>/C``.
+        ``probe/<task>/<split>/{top<k>, macro_f1}`` for both splits, plus ``probe/<task>/C``.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    from dataclasses import replace
 
-    train = role == ROLE_CODES["probe_train"]
-    val = role == ROLE_CODES["probe_val"]
-    scaler = StandardScaler().fit(emb[train])
-    z = np.nan_to_num(scaler.transform(emb), nan=0.0, posinf=0.0, neginf=0.0)
-
-    best = None
-    for c in cfg.cs:
-        clf = LogisticRegression(C=c, max_iter=cfg.max_iter)
-        clf.fit(z[train], label[train])
-        val_acc = topk_accuracy(clf.predict_proba(z[val]), clf.classes_, label[val], 1)
-        if best is None or val_acc > best[0]:
-            best = (val_acc, c, clf)
-    _, c, clf = best
-    metrics: dict[str, float] = {f"probe/{task}/C": float(c)}
-    for split, code in SPLITS.items():
-        rows = role == code
-        proba = clf.predict_proba(z[rows])
-        for k in cfg.topk:
-            metrics[f"probe/{task}/{split}/top{k}"] = topk_accuracy(
-                proba, clf.classes_, label[rows], k
-            )
-    return metrics
+    single = replace(cfg, readouts=("linear",), heldout_source=False)
+    return probe_task(np.asarray(emb, dtype=np.float64), role, label[:, None], None, task, single)

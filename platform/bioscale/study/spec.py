@@ -22,7 +22,10 @@ from bioscale.errors import ConfigError
 from bioscale.eval.probe import ProbeConfig
 from bioscale.train.rules import Budget, EarlyStopping, LRRule
 
-EVAL_TASKS = ("moa",)
+#: Evaluation task names a study's ``eval:`` may list (``bioscale.eval.tasks.TASKS``); omitted,
+#: every task that applies to the data kind runs.
+EVAL_TASKS = ("moa", "target", "leakage", "replicate_retrieval", "moa_retrieval")
+EvalTaskName = Literal["moa", "target", "leakage", "replicate_retrieval", "moa_retrieval"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,7 +150,7 @@ class StudySpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     exclude: list[dict[str, Any]] = field(default_factory=list)
     train: TrainSpec = field(default_factory=TrainSpec)
-    eval: list[Literal["moa"]] = field(default_factory=lambda: ["moa"])
+    eval: list[EvalTaskName] | None = None
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
@@ -158,6 +161,7 @@ class StudySpec:
         if not self.grids:
             raise ConfigError("grids: a study needs at least one grid")
         _validate_names(self)
+        _resolve_eval(self)
         allowed = {"rung", "diet", "objective", "seed"}
         for i, rule in enumerate(self.exclude):
             bad = set(rule) - allowed
@@ -203,3 +207,31 @@ def _validate_names(spec: StudySpec) -> None:
                 raise ConfigError(f"grids[{g}].rung[{r}]: {err}") from None
         for o, obj in enumerate(grid.objective):
             objectives.build(obj.name, obj.params, where=f"grids[{g}].objective[{o}]")
+
+
+def _resolve_eval(spec: StudySpec) -> None:
+    """``eval:`` → ``probe.tasks``: known, unique, applicable to the data kind (omitted: every
+    task that applies)."""
+    from dataclasses import replace
+
+    from bioscale.eval.tasks import TASKS, default_tasks
+
+    if spec.eval is None:
+        tasks = default_tasks(spec.data.kind)
+    else:
+        tasks = tuple(spec.eval)
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise ConfigError(f"eval: list each task once, at least one; got {list(tasks)}")
+        for name in tasks:
+            task = TASKS.get(name)
+            if spec.data.kind not in task.kinds:
+                raise ConfigError(
+                    f"eval: task {name!r} does not apply to data.kind {spec.data.kind!r} "
+                    f"(it needs {task.requires})"
+                )
+    if spec.probe.tasks not in (ProbeConfig().tasks, tasks):
+        raise ConfigError(
+            "probe.tasks is set from the study's 'eval:' list; choose tasks there "
+            f"(eval gives {list(tasks)}, probe.tasks {list(spec.probe.tasks)})"
+        )
+    object.__setattr__(spec, "probe", replace(spec.probe, tasks=tasks))

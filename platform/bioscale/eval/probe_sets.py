@@ -1,0 +1,79 @@
+"""The probe rows of every trial: the fixed probe sets plus the control wells, with their codes.
+
+Identical for every diet, seed and objective (a pure function of the manifest and its roles).
+Columns (int64, aligned with ``rows``; see ``bioscale.eval.tasks``):
+
+- ``role``: ``ROLE_CODES`` (``control`` for negative-control wells);
+- ``label``: MoA code over the MoAs of ``seen`` compounds (-1: control);
+- ``target_0..target_{K-1}``: target codes over the targets of ``seen`` compounds (-1 padding;
+  the manifest's ``target`` may list several, ``|``-separated);
+- ``plate``, ``source``, ``compound``, ``well``: codes over the whole manifest (sorted names).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bioscale.data.splits import SampleIndex
+from bioscale.eval.probe import ROLE_CODES
+from bioscale.eval.tasks import TARGET_PREFIX
+from bioscale.objectives.base import Targets
+
+#: Separator of several targets in the manifest's ``target`` column (Drug Repurposing Hub style).
+TARGET_SEPARATOR = "|"
+
+
+def split_targets(value: object) -> list[str]:
+    """``"EGFR|ERBB2"`` → ``["EGFR", "ERBB2"]``; empty or missing → ``[]``."""
+    if not value:
+        return []
+    return [t.strip() for t in str(value).split(TARGET_SEPARATOR) if t.strip()]
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    _, inverse = np.unique(values.astype(str), return_inverse=True)
+    return inverse.astype(np.int64)
+
+
+def probe_set_targets(index: SampleIndex) -> Targets:
+    """Probe-set rows of labelled compounds (a novel compound whose MoA no seen compound has
+    cannot be probed) and every control well, with the columns of the module docstring."""
+    seen = index.where(groups=frozenset({"seen"}))
+    vocab = sorted({m for m in index.moa[seen] if m})
+    lookup = {m: i for i, m in enumerate(vocab)}
+    probe_roles = tuple(r for r in ROLE_CODES if r != "control")
+    rows = index.where(role=probe_roles)
+    label = np.array([lookup.get(m, -1) for m in index.moa[rows]], dtype=np.int64)
+    rows, label = rows[label >= 0], label[label >= 0]
+    controls = index.where(groups=frozenset({"control"}))
+    role = np.array(
+        [ROLE_CODES[r] for r in index.role[rows]] + [ROLE_CODES["control"]] * len(controls),
+        dtype=np.int64,
+    )
+    all_rows = np.concatenate([rows, controls])
+    label = np.concatenate([label, np.full(len(controls), -1, dtype=np.int64)])
+
+    target_vocab = sorted({t for v in index.target[seen] for t in split_targets(v)})
+    t_lookup = {t: i for i, t in enumerate(target_vocab)}
+    target_lists = [
+        [t_lookup[t] for t in split_targets(index.target[i]) if t in t_lookup]
+        if r < len(rows)
+        else []
+        for r, i in enumerate(all_rows)
+    ]
+    width = max((len(t) for t in target_lists), default=0)
+    targets = np.full((len(all_rows), width), -1, dtype=np.int64)
+    for r, codes in enumerate(target_lists):
+        targets[r, : len(codes)] = codes
+
+    wells = np.array([k.rsplit("/", 1)[0] for k in index.key], dtype=object)  # plate/well
+    columns = {
+        "role": role,
+        "label": label,
+        **{f"{TARGET_PREFIX}{j}": targets[:, j] for j in range(width)},
+        "plate": _codes(index.plate)[all_rows],
+        "source": _codes(index.source)[all_rows],
+        "compound": _codes(index.perturbation_id)[all_rows],
+        "well": _codes(wells)[all_rows],
+    }
+    return Targets(rows=all_rows, columns=columns)
