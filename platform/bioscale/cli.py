@@ -255,6 +255,67 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Re-evaluate finished trials from their final checkpoints into their own MLflow runs."""
+    import numpy as np
+
+    from bioscale.eval.extract import final_checkpoint, reevaluate, trial_folder
+    from bioscale.objectives.base import Targets
+    from bioscale.study.datasets import trial_datasets
+    from bioscale.study.plan import TrialData, load_index, plan, probe_targets
+    from bioscale.study.runner import ensure_manifest, init_ray, tracking_uri
+    from bioscale.study.spec import StudySpec
+    from bioscale.study.tracking import Tracker
+
+    spec = _load_spec(args.study)
+    if args.task:  # tasks to (re)compute now, instead of the study's eval: list
+        data = spec.to_dict()
+        data["eval"], data["probe"]["tasks"] = list(args.task), list(args.task)
+        spec = StudySpec.from_dict(data, where=f"{args.study} with --task")
+    out = Path(args.out or _default_out(spec.name)).resolve()
+    manifest = ensure_manifest(spec, out)
+    tracker = Tracker(tracking_uri(spec, out), artifact_root=out / "mlartifacts")
+    finished = tracker.finished_trial_keys(tracker.experiment(spec.name))  # {trial key: run id}
+    wanted = set(args.run or finished.values())
+    unknown = wanted - set(finished.values())
+    if unknown:
+        raise BioscaleError(
+            f"no FINISHED trial run {', '.join(sorted(unknown))} in study {spec.name!r} "
+            f"({tracker.uri})"
+        )
+    trials = {t.key: t for t in plan(spec, manifest).trials}
+    index = load_index(spec, manifest)
+    probe = probe_targets(index)
+    empty = Targets(rows=probe.rows[:0], columns={k: v[:0] for k, v in probe.columns.items()})
+    init_ray(args.address, args.num_cpus, args.verbose)
+    dataset = trial_datasets(
+        spec, str(manifest), index, TrialData(train=empty, val=empty, probe=probe)
+    )["probe"]
+    for key, run_id in sorted(finished.items()):
+        if run_id not in wanted:
+            continue
+        trial = trials.get(key)
+        if trial is None:
+            raise BioscaleError(
+                f"trial run {run_id} was trained from another grid, data or training config "
+                f"than {args.study}; evaluate it with the study file it ran with"
+            )
+        metrics = reevaluate(
+            tracker,
+            run_id,
+            probe_dataset=dataset,
+            loop_config=trial.loop,
+            checkpoint=final_checkpoint(trial_folder(out, key)),
+            cfg=spec.probe,
+            pool_size=args.actors,
+        )
+        shown = {k: v for k, v in metrics.items() if np.isfinite(v)}
+        print(f"{run_id} ({trial.point.describe()}): {len(shown)} metrics logged")
+        for name in sorted(shown):
+            print(f"  {name} = {shown[name]:.4f}")
+    return 0
+
+
 def _scaling_rows(args: argparse.Namespace):
     from bioscale.scaling.api import load_rows
 
@@ -541,6 +602,21 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("study", help="study YAML")
     p_rep.add_argument("--out", default=None, help="output folder (default: bioscale-out/<name>)")
     p_rep.set_defaults(func=cmd_report)
+    p_ev = sub.add_parser(
+        "evaluate",
+        help="recompute or add evaluation metrics of finished trials from their checkpoints",
+    )
+    p_ev.add_argument("study", help="study YAML the trials ran with")
+    p_ev.add_argument("--out", default=None, help="output folder (default: bioscale-out/<name>)")
+    p_ev.add_argument(
+        "--run", action="append", help="MLflow run id of a trial (repeatable; default: all)"
+    )
+    p_ev.add_argument(
+        "--task", action="append", help="evaluation task (repeatable; default: the study's eval)"
+    )
+    p_ev.add_argument("--actors", type=int, default=1, help="embedding actors (Ray Data pool)")
+    ray_options(p_ev)
+    p_ev.set_defaults(func=cmd_evaluate)
 
     def scaling_options(p: argparse.ArgumentParser, *, axis_default: str | None = "D") -> None:
         p.add_argument("--experiment", default=None, help="read an MLflow experiment's trials")

@@ -14,7 +14,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from bioscale.config import from_mapping, to_mapping
@@ -23,7 +22,7 @@ from bioscale.data import natural
 from bioscale.data.diets import Diet, select
 from bioscale.data.splits import SampleIndex
 from bioscale.errors import ConfigError
-from bioscale.eval.probe import ROLE_CODES
+from bioscale.eval.probe import ProbeConfig
 from bioscale.objectives import registry as objectives
 from bioscale.objectives.base import Objective, Targets
 from bioscale.study.spec import ObjectiveSpec, StudySpec
@@ -265,7 +264,11 @@ def resolve(
     )
     identity = {
         "point": point.as_dict(),
-        "config": to_mapping(replace(loop, flops_per_sample=0.0, report_interval_s=0.0)),
+        # evaluation settings are not part of a trial's identity: adding a task or changing a
+        # probe re-evaluates finished trials (``bioscale evaluate``) instead of retraining them
+        "config": to_mapping(
+            replace(loop, flops_per_sample=0.0, report_interval_s=0.0, probe=ProbeConfig())
+        ),
         "splits": asdict(spec.data.splits),
         "manifest_sha": info.sha,
     }
