@@ -1,57 +1,20 @@
-"""An image study end to end: LZW TIFF sites → Ray Data decode stream → timm debug rung → MLflow."""
+"""Image studies end to end: LZW TIFF sites (and natural images) → Ray Data decode stream → timm
+debug rungs under supervised, IBP and harmonized → MLflow."""
 
-import numpy as np
 import pytest
-import tifffile
-
-from bioscale.data import manifest as mf
-from bioscale.data.synth import SynthProfilesConfig, generate_profiles
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-DYES = ("DNA", "ER", "Mito")
-
-
-def write_image_screen(out):
-    """Sites whose pixels carry each compound's MoA: a bright square whose position and dye
-    depend on the MoA, over plate-dependent background noise (written as LZW uint16 TIFFs)."""
-    manifest = generate_profiles(
-        SynthProfilesConfig(
-            seed=5,
-            n_moa=4,
-            compounds_per_moa=4,
-            n_extra=4,
-            n_unlabelled_moa=1,
-            plates_per_batch=1,
-            n_features=8,
-        ),
-        out / "profiles",
-    )
-    table = mf.read_metadata(manifest)
-    cols = {c: table.column(c).to_pylist() for c in mf.METADATA_COLUMNS}
-    rng = np.random.default_rng(0)
-    for dye in DYES:
-        cols[f"path_{dye}"] = []
-    for sid, moa in zip(cols["sample_id"], cols["moa"], strict=True):
-        k = int(moa.split("_")[1]) if moa else 7
-        img = rng.normal(1000, 150, size=(len(DYES), 48, 48)).clip(0, None)
-        if moa:
-            y, x = 8 + 8 * (k % 3), 8 + 8 * (k // 3)
-            img[k % len(DYES), y : y + 12, x : x + 12] += 4000
-        for c, dye in enumerate(DYES):
-            path = out / "images" / f"{sid}-ch{c + 1}.tiff"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(path, img[c].astype(np.uint16), compression="lzw")
-            cols[f"path_{dye}"].append(str(path))
-    return mf.write_images(out / "manifest.parquet", cols, list(DYES))
 
 
 @pytest.fixture(scope="module")
 def image_study(ray_local, tmp_path_factory):
+    from bioscale.data.synth_images import SynthImagesConfig, generate_images
     from bioscale.study.runner import run_study
     from bioscale.study.spec import StudySpec
 
     out = tmp_path_factory.mktemp("images")
-    manifest = write_image_screen(out)
+    # 4 MoAs × 3 compounds + 4 extra, 2 plates × 2 sites per well, 64 px sites with expert maps
+    manifest = generate_images(SynthImagesConfig(size=64, cell_radius=10.0), out / "data").manifest
     spec = StudySpec.from_dict(
         {
             "name": "pytest-images",
@@ -70,7 +33,7 @@ def image_study(ray_local, tmp_path_factory):
                 {
                     "rung": ["resnet:debug"],
                     "diet": [{"replicates": 1.0}],
-                    "objective": ["supervised"],
+                    "objective": ["supervised", "harmonized"],
                 }
             ],
             "train": {"budget": {"epochs": 2}, "batch_size": 32, "lr": {"value": 1.0e-3}},
@@ -89,9 +52,12 @@ def test_image_trial_trains_from_decoded_crops_and_logs_like_profiles(image_stud
     from bioscale.study.tracking import Tracker
 
     _, result = image_study
-    assert result.failed == 0 and result.finished == 1
-    tracker = Tracker(result.tracking_uri)
-    (run,) = tracker.runs(result.experiment_id, "trial")
+    assert result.failed == 0 and result.finished == 2
+    runs = {
+        r.data.params["objective"]: r
+        for r in Tracker(result.tracking_uri).runs(result.experiment_id, "trial")
+    }
+    run = runs["supervised"]
     assert run.info.status == "FINISHED"
     assert run.data.params["model_family"] == "resnet" and run.data.params["rung"] == "resnet:debug"
     metrics = run.data.metrics
@@ -100,6 +66,8 @@ def test_image_trial_trains_from_decoded_crops_and_logs_like_profiles(image_stud
     # 2 random crops per site per pass
     d = int(run.data.params["D_samples"])
     assert metrics["train/samples_seen"] == pytest.approx(2 * 2 * d)
+    # the synthetic screen's expert maps reach the harmonizer through the same crops
+    assert runs["harmonized"].data.metrics["train/align"] > 0
 
 
 def test_plan_rejects_a_profile_manifest_for_an_image_study(synth_manifest):

@@ -49,10 +49,10 @@ def test_screen_files_manifest_and_determinism(tmp_path):
     assert all(r["moa"] and r["inchikey"] and r["concentration"] > 0 for r in seen)
     assert {r["source"] for r in t} == {"source_1"} and len({r["batch"] for r in t}) == 2
     other = pq.read_table(b.manifest).drop_columns(
-        [f"path_{d}" for d in ["DNA", "ER", "RNA", "AGP", "Mito"]]
+        [f"path_{d}" for d in ["DNA", "ER", "RNA", "AGP", "Mito", "map"]]
     )
     assert other.equals(
-        table.drop_columns([f"path_{d}" for d in ["DNA", "ER", "RNA", "AGP", "Mito"]])
+        table.drop_columns([f"path_{d}" for d in ["DNA", "ER", "RNA", "AGP", "Mito", "map"]])
     )
 
 
@@ -99,3 +99,23 @@ def test_cli_writes_and_imports(tmp_path, capsys):
     assert "imported manifest" in out
     row = pq.read_table(tmp_path / "manifest.parquet").to_pylist()[0]
     assert read_image(row["path_Mito"]).shape == (64, 64)
+
+
+def test_expert_maps_mark_the_phenotype_and_are_empty_for_controls(tmp_path):
+    import tifffile
+
+    from bioscale.data.synth_images import SynthImagesConfig, generate_images
+
+    table = pq.read_table(
+        generate_images(SynthImagesConfig(size=64, cell_radius=10.0), tmp_path).manifest
+    ).to_pylist()
+    for row in table:
+        heat = tifffile.imread(row["path_map"])
+        assert heat.shape == (64, 64)
+        if row["group"] == "control":
+            assert heat.max() == 0
+        else:
+            assert heat.max() == 65535  # scaled to the site's strongest effect
+            dna = tifffile.imread(row["path_DNA"]).astype(float)
+            # the map lies on cells, not on background
+            assert dna[heat > 32768].mean() > dna[heat == 0].mean()

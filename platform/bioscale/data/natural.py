@@ -432,14 +432,6 @@ def metadata_table(path: str | Path) -> pa.Table:
     return pa.table({c: columns[c] for c in METADATA_COLUMNS})
 
 
-def has_maps(path: str | Path) -> bool:
-    """Whether any image of the manifest has a human map."""
-    return (
-        pq.read_table(path, columns=["path_map"]).column("path_map").null_count
-        < pq.ParquetFile(path).metadata.num_rows
-    )
-
-
 def decode_natural(
     batch: dict[str, np.ndarray], *, size: int, flip: bool, seed: int | None
 ) -> dict[str, np.ndarray]:

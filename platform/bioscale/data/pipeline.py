@@ -74,10 +74,35 @@ def with_labels(
     )
 
 
+MAP_DYE = "map"  # an image manifest's expert-map column is path_map: decoded like one more dye
+
+
+def manifest_has_maps(manifest: str | Path) -> bool:
+    """Whether an image or natural manifest has human/expert maps (a non-empty ``path_map``)."""
+    import pyarrow.parquet as pq
+
+    if "path_map" not in pq.read_schema(manifest).names:
+        return False
+    column = pq.read_table(manifest, columns=["path_map"]).column("path_map")
+    return column.null_count < len(column)
+
+
+def _split_map(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """(B, C+1, h, w) crops whose last channel is the map → ``x`` (B, C, h, w), ``map`` (B, h, w),
+    ``has_map`` (B,) (a map that is zero everywhere, e.g. a control's, is no map)."""
+    crops = batch.pop("x")
+    maps = crops[:, -1]
+    batch["x"] = np.ascontiguousarray(crops[:, :-1])
+    batch["map"] = np.ascontiguousarray(maps)
+    batch["has_map"] = maps.reshape(len(maps), -1).max(axis=1) > 0
+    return batch
+
+
 def read_sites(
     manifest: str | Path, dyes: list[str], *, num_blocks: int = 8, cpus_per_task: float = 0.25
 ):
-    """An image manifest's ``sample_id`` and ``path_<Dye>`` columns as a Ray Dataset."""
+    """An image manifest's ``sample_id`` and ``path_<Dye>`` columns as a Ray Dataset (a dye may
+    be ``MAP_DYE``: the expert map)."""
     import ray.data
 
     columns = ["sample_id", *[f"path_{d}" for d in dyes]]
@@ -100,13 +125,17 @@ def decoded_sites(
     batch_size: int,
     cpus_per_task: float,
     select_cpus: float = 0.25,
+    with_maps: bool = False,
 ):
     """Selected sites → decoded crops ``{"x": (C, crop, crop) float32, <label>: int64}``, streamed.
 
     Rows are selected (and labelled) before any pixel is read; decoding runs in parallel
     ``map_batches`` tasks of ``batch_size`` sites. A site that cannot be read stops the trial
-    with the sample and file named (``bad_sample_policy: error``).
+    with the sample and file named (``bad_sample_policy: error``). ``with_maps`` decodes the
+    expert map as one more channel, so it gets exactly the image's crops, then splits it off as
+    ``map``/``has_map``.
     """
+    dyes = [*dyes, MAP_DYE] if with_maps else list(dyes)
     from bioscale.data.images import decode_batch
 
     selected = sites.map_batches(
@@ -135,6 +164,9 @@ def decoded_sites(
             "bad_sample_policy": "error",
         },
     )
+    if with_maps:
+        decoded = decoded.map_batches(_split_map, batch_format="numpy", num_cpus=select_cpus)
+        return decoded.select_columns(["x", "map", "has_map", *labels])
     return decoded.select_columns(["x", *labels])
 
 

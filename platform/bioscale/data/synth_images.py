@@ -56,6 +56,7 @@ class SynthImagesConfig:
     compound_spread: float = 0.5
     plate_effect: float = 0.08  # s.d. of log channel gain per plate
     batch_effect: float = 0.15  # s.d. of log channel gain per batch
+    expert_maps: bool = True  # write, per site, a map of where the phenotype shows (path_map)
 
     def __post_init__(self) -> None:
         wells = self.n_moa * self.compounds_per_moa + self.n_extra + self.controls_per_plate
@@ -95,8 +96,13 @@ def render_site(
     gains: np.ndarray,
     background: np.ndarray,
     rng: np.random.Generator,
-) -> np.ndarray:
-    """One site: (5, size, size) uint16 in ``DYES`` order.
+    with_map: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """One site: (5, size, size) uint16 in ``DYES`` order (and, ``with_map``, its expert map).
+
+    The expert map (an "expert attention" prior) marks where the compound's phenotype shows: each
+    dye's noiseless signal weighted by how strongly the compound's traits move that dye's
+    intensity, summed and blurred — (size, size) float32 in [0, 1]; all zeros for controls.
 
     Args:
         traits: (_N_TRAITS,) in (-1, 1), from :func:`_traits`.
@@ -168,7 +174,16 @@ def render_site(
     vignette = 1.0 - 0.25 * (((yy - h / 2) ** 2 + (xx - w / 2) ** 2) / (h * h / 2))
     counts = background[:, None, None] + gains[:, None, None] * peak * signal * vignette
     noisy = counts + rng.standard_normal(counts.shape).astype(np.float32) * np.sqrt(counts + 25.0)
-    return np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)
+    img = np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)
+    if not with_map:
+        return img
+    # per-dye intensity change the traits cause (the factors applied above), |Δ| per channel
+    effect = np.abs(
+        np.array([0.35 * t[4], 0.35 * t[6], 0.4 * t[11], 0.4 * t[8], 0.3 * t[9]], dtype=np.float32)
+    )
+    where = gaussian_filter(np.tensordot(effect, signal, axes=1), 2.0 * scale)
+    peak_val = float(where.max())
+    return img, (where / peak_val if peak_val > 1e-6 else np.zeros_like(where)).astype(np.float32)
 
 
 def _deposit(canvas: np.ndarray, ys: np.ndarray, xs: np.ndarray, weight: float) -> None:
@@ -213,6 +228,7 @@ def generate_images(cfg: SynthImagesConfig, out_dir: str | Path) -> SynthImagesR
         c["traits"] = _traits(z, w_traits)
 
     dye_of_col = {d: f"Orig{d}" for d in DYES}
+    expert_maps: dict[tuple[str, str, int], str] = {}
     load_rows, plates, wells = [], [], []
     n_files = 0
     cells_mean = cfg.cells_per_site * (cfg.size / 128.0) ** 2 * (12.0 / cfg.cell_radius) ** 2
@@ -242,7 +258,7 @@ def generate_images(cfg: SynthImagesConfig, out_dir: str | Path) -> SynthImagesR
                     traits = np.zeros(_N_TRAITS) if c is None else c["traits"]
                     for site in range(1, cfg.sites_per_well + 1):
                         site_rng = np.random.default_rng([cfg.seed, s, b, p, w_idx, site])
-                        img = render_site(
+                        img, expert = render_site(
                             traits,
                             size=cfg.size,
                             n_cells_mean=cells_mean,
@@ -250,7 +266,16 @@ def generate_images(cfg: SynthImagesConfig, out_dir: str | Path) -> SynthImagesR
                             gains=gains,
                             background=background,
                             rng=site_rng,
+                            with_map=True,
                         )
+                        if cfg.expert_maps:
+                            map_name = phenix_name(well, site, 0).replace("-ch0", "-map")
+                            tifffile.imwrite(
+                                folder / map_name,
+                                np.rint(expert * 65535).astype(np.uint16),
+                                compression="lzw",
+                            )
+                            expert_maps[(plate, well, site)] = str((folder / map_name).resolve())
                         row = {
                             "Metadata_Plate": plate,
                             "Metadata_Well": well,
@@ -281,6 +306,8 @@ def generate_images(cfg: SynthImagesConfig, out_dir: str | Path) -> SynthImagesR
             novel_fraction=cfg.novel_fraction,
         ),
     )
+    if cfg.expert_maps:
+        _attach_maps(summary.path, expert_maps)
     return SynthImagesResult(
         manifest=summary.path,
         load_data=load_data,
@@ -289,6 +316,25 @@ def generate_images(cfg: SynthImagesConfig, out_dir: str | Path) -> SynthImagesR
         n_sites=len(load_rows),
         n_files=n_files,
     )
+
+
+def _attach_maps(manifest: Path, maps: dict[tuple[str, str, int], str]) -> None:
+    """Add the ``path_map`` column (expert maps) to the imported manifest, keeping its metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(manifest)
+    keys = zip(
+        table.column("plate").to_pylist(),
+        table.column("well").to_pylist(),
+        table.column("site").to_pylist(),
+        strict=True,
+    )
+    column = pa.array([maps.get((p, w, int(s))) for p, w, s in keys], pa.string())
+    table = table.append_column("path_map", column).replace_schema_metadata(table.schema.metadata)
+    tmp = Path(manifest).with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp, row_group_size=256)
+    tmp.replace(manifest)
 
 
 def _write_metadata(

@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from bioscale.data.pipeline import (
+    MAP_DYE,
     decoded_natural,
     decoded_sites,
+    manifest_has_maps,
     read_profiles,
     read_sites,
     with_labels,
@@ -59,7 +61,10 @@ def trial_datasets(
         # crops every pass); the small evaluation sets are decoded once (centre crops).
         image = spec.data.image
         dyes = study_dyes(spec, manifest)
-        sites = read_sites(manifest, dyes, cpus_per_task=res.data_cpus_per_task)
+        with_maps = manifest_has_maps(manifest)
+        sites = read_sites(
+            manifest, [*dyes, MAP_DYE] if with_maps else dyes, cpus_per_task=res.data_cpus_per_task
+        )
         datasets = {}
         for name, t in sets:
             training = name == "train"
@@ -77,6 +82,7 @@ def trial_datasets(
                 batch_size=image.decode_batch_size,
                 cpus_per_task=image.decode_cpus,
                 select_cpus=res.data_cpus_per_task,
+                with_maps=with_maps,
             )
             datasets[name] = ds if training else ds.materialize()
     return datasets

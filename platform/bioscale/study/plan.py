@@ -20,6 +20,7 @@ from bioscale.config import from_mapping, to_mapping
 from bioscale.data import manifest as mf
 from bioscale.data import natural
 from bioscale.data.diets import Diet, select
+from bioscale.data.pipeline import manifest_has_maps
 from bioscale.data.splits import SampleIndex
 from bioscale.errors import ConfigError
 from bioscale.eval.probe import ProbeConfig
@@ -259,6 +260,9 @@ def resolve(
         seed=point.seed,
         early_stopping=spec.train.early_stopping,
         checkpoint_every=spec.train.checkpoint_every,
+        precision=trial_precision(spec),
+        channels_last=spec.train.channels_last,
+        compile=spec.train.compile,
         probe=spec.probe,
         flops_per_sample=flops,
     )
@@ -292,6 +296,7 @@ def resolve(
         "manifest_sha": info.sha,
         "git_sha": sha_of_code,
         "budget": json.dumps(asdict(spec.train.budget), sort_keys=True),
+        "precision": loop.precision,
         "flops_per_sample": flops,
     }
     planned = max_samples if max_samples is not None else max_epochs * d_samples
@@ -317,6 +322,20 @@ def load_index(spec: StudySpec, manifest_path: str | Path) -> SampleIndex:
     else:
         table = mf.read_metadata(manifest_path)
     return SampleIndex.from_table(table, spec.data.splits)
+
+
+def trial_precision(spec: StudySpec) -> str:
+    """``train.precision`` resolved for the trial's workers: ``auto`` means bf16 on GPU workers and
+    on CPUs with native bf16 (checked here, on the driver: local studies run on this machine)."""
+    if spec.train.precision != "auto":
+        return spec.train.precision
+    if spec.resources.gpus_per_worker > 0:
+        return "bf16"
+    import torch
+
+    from bioscale.train.precision import bf16_native
+
+    return "bf16" if bf16_native(torch.device("cpu")) else "fp32"
 
 
 def _check_probe_sets(index: SampleIndex, spec: StudySpec) -> None:
@@ -378,7 +397,7 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
     _check_probe_sets(index, spec)
     points, dropped = expand(spec)
     code = git_sha(Path(__file__).parent)
-    has_maps = spec.data.kind == "natural" and natural.has_maps(manifest_path)
+    has_maps = spec.data.kind != "profiles" and manifest_has_maps(manifest_path)
     trials = []
     for i, point in enumerate(points):
         if objectives.get(point.objective.name).needs_maps and not has_maps:

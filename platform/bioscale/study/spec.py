@@ -116,6 +116,11 @@ class TrainSpec:
     weight_decay: float = 1.0e-6
     early_stopping: EarlyStopping | None = None
     checkpoint_every: int = 5
+    # bf16 autocast: auto = on where the workers' device computes bf16 natively (GPUs; CPUs with
+    # AVX512-BF16/AMX), else fp32. channels_last applies to image rungs; compile to torch.compile.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
@@ -133,6 +138,18 @@ class ResourceSpec:
     max_concurrent_trials: int = 2
     data_cpus_per_task: float = 0.25
     max_failures: int = 0
+    #: how a trial's workers are placed on nodes (Ray placement strategies): PACK fills nodes,
+    #: SPREAD puts workers on different nodes where it can, STRICT_* insist.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+    def __post_init__(self) -> None:
+        if self.workers_per_trial < 1 or self.max_concurrent_trials < 1:
+            raise ConfigError("resources: workers_per_trial and max_concurrent_trials must be >= 1")
+        if self.cpus_per_worker < 0 or self.gpus_per_worker < 0 or self.max_failures < -1:
+            raise ConfigError(
+                "resources: cpus_per_worker and gpus_per_worker must be >= 0, max_failures >= -1 "
+                "(-1: retry forever)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +157,29 @@ class TrackingSpec:
     """``uri: null`` → SQLite in the output folder; or a tracking server (``http://mlflow:5000``)."""
 
     uri: str | None = None
+    #: how long a write to an unreachable tracking server is retried (with backoff) before the
+    #: study fails; metrics are never dropped silently.
+    retry_seconds: float = 120.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComputeBudget:
+    """A cap on a study's accelerator time, checked by ``bioscale study plan`` and ``run``.
+
+    GPU-hours = total training FLOPs / (device peak FLOP/s × ``mfu``) / 3600. ``device`` names a
+    row of ``bioscale.study.capacity.DEVICE_PEAK_TFLOPS`` (default: the accelerator the cluster
+    reports); ``peak_tflops`` overrides the table. ``mfu`` is the model-FLOPs utilisation assumed
+    (0.3 is typical of well-fed mid-size models; small models reach less).
+    """
+
+    gpu_hours: float
+    device: str | None = None
+    peak_tflops: float | None = None
+    mfu: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.gpu_hours <= 0 or not 0 < self.mfu <= 1:
+            raise ConfigError("budget: gpu_hours must be > 0 and mfu in (0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +194,10 @@ class StudySpec:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    budget: ComputeBudget | None = None
+    #: Ray Train/Tune storage (checkpoints): a folder every node shares, or s3:// / gs://;
+    #: default ``<out>/ray_results``.
+    storage: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\"):

@@ -26,6 +26,7 @@ from bioscale.eval.tasks import evaluate as evaluate_probe_rows
 from bioscale.models.ladder import get_rung
 from bioscale.objectives import registry as objectives
 from bioscale.train.context import TrainContext
+from bioscale.train.precision import Precision, StepNumerics, prepare_layout, resolve_precision
 from bioscale.train.rules import EarlyStopping
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ class LoopConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     probe_task: str = "moa"
     flops_per_sample: float = 0.0
+    precision: Precision = "auto"
+    channels_last: bool = True
+    compile: bool = False
 
 
 class Network(nn.Module):
@@ -136,7 +140,16 @@ def run(
     torch.manual_seed(cfg.seed * 1000 + ctx.rank)
     np.random.seed(cfg.seed)
     net, objective = build_network(cfg)
+    image_input = len(cfg.input_shape) == 3
+    numerics = StepNumerics(
+        precision=resolve_precision(cfg.precision, ctx.device),
+        channels_last=cfg.channels_last and image_input,
+        device=ctx.device,
+    )
+    net = prepare_layout(net, numerics.channels_last, image_input, compile_model=False)
     model = ctx.prepare_model(net)
+    if cfg.compile:
+        model = torch.compile(model)
     optimizer = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr)
 
     state = {
@@ -173,8 +186,10 @@ def run(
             if len(batch["x"]) < 2:  # BatchNorm cannot train on one sample; shards are equal-sized
                 continue
             batch = _to(batch, ctx.device)
+            batch["x"] = numerics.inputs(batch["x"])
             t0 = time.perf_counter()
-            terms = objective.loss_terms(model, batch)
+            with numerics.autocast():
+                terms = objective.loss_terms(model, batch)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
