@@ -170,3 +170,21 @@ def test_ibp_invariance_heads_are_adversarial_and_log_leakage():
     (g_emb_plain,) = torch.autograd.grad(plain, [backbone.stem[0].weight])
     assert g_head.abs().sum() > 0
     assert torch.allclose(g_emb_rev, -g_emb_plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("rung", ["resnet:debug", "vit:debug"])
+def test_harmonized_step_under_bf16_autocast(rung):
+    objective = objectives.build("harmonized")
+    backbone = objective.prepare_backbone(get_rung(rung).build((3, 32, 32)))
+    net = Network(backbone, objective.build_heads(backbone.embed_dim, {"y": 4}))
+    batch = {
+        "x": torch.rand(4, 3, 32, 32),
+        "y": torch.tensor([0, 1, 2, 3]),
+        "map": torch.rand(4, 32, 32),
+        "has_map": torch.tensor([True, False, True, True]),
+    }
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = objective.loss_terms(net, batch)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and terms["align"].item() > 0
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
