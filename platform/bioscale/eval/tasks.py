@@ -237,12 +237,17 @@ def evaluate(columns: dict[str, np.ndarray], cfg: ProbeConfig) -> dict[str, floa
     Returns:
         Every task's metrics, plus ``perf/eval_seconds`` (wall seconds of this call).
     """
+    from threadpoolctl import threadpool_limits
+
     t0 = time.perf_counter()
-    rows = probe_rows(columns, cfg)
     metrics: dict[str, float] = {}
-    for name in cfg.tasks:
-        t_task = time.perf_counter()
-        metrics |= TASKS.get(name).run(rows, cfg)
-        log.info("evaluation task %s: %.2f s", name, time.perf_counter() - t_task)
+    # small, many-iteration solves (lbfgs, eigh): a multi-threaded BLAS spins and is ~50-80x
+    # slower on a busy machine than one thread (measured on the demo's target probe)
+    with threadpool_limits(limits=1, user_api="blas"):
+        rows = probe_rows(columns, cfg)
+        for name in cfg.tasks:
+            t_task = time.perf_counter()
+            metrics |= TASKS.get(name).run(rows, cfg)
+            log.info("evaluation task %s: %.2f s", name, time.perf_counter() - t_task)
     metrics["perf/eval_seconds"] = time.perf_counter() - t0
     return metrics
