@@ -25,7 +25,7 @@ def with_(**changes):
     [
         (
             with_(grid=[]),
-            r"unknown key 'grid' \(did you mean 'grids'\?\); allowed keys: data, eval",
+            r"unknown key 'grid' \(did you mean 'grids'\?\); allowed keys: .*data, eval, exclude, grids",
         ),
         (
             with_(grids=[{"rung": ["debug"], "diet": [{"replicate": 1}], "objective": ["ibp"]}]),
