@@ -151,13 +151,46 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from bioscale.study.plan import plan
-    from bioscale.study.runner import ensure_manifest
+    from bioscale.study.runner import check_locations, ensure_manifest
 
     spec = _load_spec(args.study)
     out = Path(args.out or _default_out(spec.name))
+    check_locations(spec, out)
     study_plan = plan(spec, ensure_manifest(spec, out))
     print(format_plan(study_plan))
+    _check_capacity(spec, study_plan, args)
     return 0
+
+
+def _check_capacity(spec, study_plan, args: argparse.Namespace) -> None:
+    """``plan --address``: what fits the cluster; GPU-hours against ``budget:``/``--budget``."""
+    from bioscale.study import capacity
+
+    cluster = capacity.read_cluster(args.address) if args.address else None
+    fit = capacity.check_fit(spec.resources, cluster) if cluster else None
+    if cluster is not None and fit is not None:
+        cpus = sum(n.cpus for n in cluster.nodes)
+        gpus = sum(n.gpus for n in cluster.nodes)
+        kinds = f" ({', '.join(cluster.accelerators)})" if cluster.accelerators else ""
+        print(
+            f"\ncluster {cluster.address}: {len(cluster.nodes)} node(s), {cpus:g} CPU, "
+            f"{gpus:g} GPU{kinds}"
+        )
+        for note in fit.notes:
+            print(f"note: {note}")
+        if fit.fits:
+            print(f"fits: {fit.concurrent_trials} trial(s) at once")
+    est = capacity.estimate(
+        capacity.total_flops(study_plan.trials), spec.budget, cluster=cluster, cap=args.budget
+    )
+    if est is not None:
+        print(f"compute: {est.describe()}")
+    if fit is not None and not fit.fits:
+        raise BioscaleError(
+            f"the study will not fit the cluster at {cluster.address}:\n  - "
+            + "\n  - ".join(fit.problems)
+        )
+    capacity.enforce_budget(est, args.proceed)
 
 
 def format_plan(study_plan) -> str:
@@ -200,7 +233,13 @@ def _run_and_report(spec, out: Path, args: argparse.Namespace, report: bool = Tr
     from bioscale.study.tracking import Tracker
 
     result = run_study(
-        spec, out, address=args.address, num_cpus=args.num_cpus, verbose=args.verbose
+        spec,
+        out,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        verbose=args.verbose,
+        resume=getattr(args, "resume", False),
+        proceed=getattr(args, "proceed", False),
     )
     print(
         f"trials: {result.finished} finished, {result.skipped} already done, "
@@ -227,6 +266,12 @@ def _print_where(result, analysis) -> None:
             f"browse it:    .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri} "
             "--port 5000   (then open http://127.0.0.1:5000)"
         )
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """``study resume``: ``study run`` that insists the study exists (see run_study)."""
+    args.resume = True
+    return cmd_run(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -591,13 +636,36 @@ def build_parser() -> argparse.ArgumentParser:
     p_plan = study.add_parser("plan", help="print every trial with N, D, FLOPs; runs nothing")
     p_plan.add_argument("study", help="study YAML")
     p_plan.add_argument("--out", default=None, help="output folder (default: bioscale-out/<name>)")
+    p_plan.add_argument(
+        "--address", default=None, help="check resources against this Ray cluster's nodes"
+    )
+    p_plan.add_argument(
+        "--budget", type=float, default=None, help="GPU-hour cap (overrides the study's budget:)"
+    )
+    p_plan.add_argument(
+        "--proceed", action="store_true", help="accept a study over its GPU-hour budget"
+    )
     p_plan.set_defaults(func=cmd_plan)
     p_run = study.add_parser("run", help="run the study on Ray, log to MLflow, fit and report")
     p_run.add_argument("study", help="study YAML")
     p_run.add_argument("--out", default=None, help="output folder (default: bioscale-out/<name>)")
     p_run.add_argument("--no-report", action="store_true", help="skip the fits and the report")
+    p_run.add_argument("--proceed", action="store_true", help="run even if over its budget:")
     ray_options(p_run)
     p_run.set_defaults(func=cmd_run)
+    p_resume = study.add_parser(
+        "resume",
+        help="finish an interrupted study: only unfinished trials run, from their checkpoints, "
+        "on their MLflow runs",
+    )
+    p_resume.add_argument("study", help="study YAML")
+    p_resume.add_argument(
+        "--out", default=None, help="output folder (default: bioscale-out/<name>)"
+    )
+    p_resume.add_argument("--no-report", action="store_true", help="skip the fits and the report")
+    p_resume.add_argument("--proceed", action="store_true", help="run even if over its budget:")
+    ray_options(p_resume)
+    p_resume.set_defaults(func=cmd_resume)
     p_rep = study.add_parser("report", help="fit and report a study's finished trials again")
     p_rep.add_argument("study", help="study YAML")
     p_rep.add_argument("--out", default=None, help="output folder (default: bioscale-out/<name>)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bioscale.config import to_mapping
+from bioscale.errors import BioscaleError, ConfigError
 from bioscale.names import NODE_IDS
 from bioscale.study.plan import StudyPlan, plan
 from bioscale.study.spec import StudySpec
@@ -64,6 +65,44 @@ def ensure_manifest(spec: StudySpec, out_dir: Path, progress: Progress = _print)
 
 def tracking_uri(spec: StudySpec, out_dir: Path) -> str:
     return spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(out_dir)
+
+
+def storage_path(spec: StudySpec, out_dir: Path) -> str:
+    """Where Ray Train/Tune keep checkpoints: ``spec.storage`` (shared by every node on a cluster)
+    or ``<out>/ray_results``."""
+    return spec.storage or str(Path(out_dir).resolve() / "ray_results")
+
+
+def check_writable(location: str | Path, what: str) -> None:
+    """Create ``location`` if needed and write and delete a probe file in it, or raise a
+    ConfigError naming it: found at plan time, not after hours of training."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    text = str(location)
+    probe = f".bioscale-write-check-{uuid.uuid4().hex}"
+    try:
+        if "://" in text:
+            fs, path = pafs.FileSystem.from_uri(text)
+        else:
+            fs, path = pafs.LocalFileSystem(), str(Path(text).resolve())
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/{probe}") as f:
+            f.write(b"ok")
+        fs.delete_file(f"{path}/{probe}")
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{what} {text} is not writable ({err}). Choose another location (--out, or "
+            "storage: in the study) or fix its permissions; nothing was run."
+        ) from None
+
+
+def check_locations(spec: StudySpec, out_dir: Path) -> None:
+    """The output folder and the checkpoint storage must both be writable."""
+    check_writable(out_dir, "output folder")
+    if spec.storage:
+        check_writable(spec.storage, "storage path")
 
 
 def init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> None:
@@ -121,7 +160,10 @@ def _trial_fn(config: dict[str, Any]) -> None:
             "batch_size_per_worker": max(2, spec.train.batch_size // res.workers_per_trial),
         },
         scaling_config=ScalingConfig(
-            num_workers=res.workers_per_trial, use_gpu=use_gpu, resources_per_worker=per_worker
+            num_workers=res.workers_per_trial,
+            use_gpu=use_gpu,
+            resources_per_worker=per_worker,
+            placement_strategy=res.placement_strategy,
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -139,7 +181,12 @@ def _trial_fn(config: dict[str, Any]) -> None:
 
 
 def _make_callback(
-    tracker: Tracker, experiment_id: str, parent_id: str, total: int, progress: Progress
+    tracker: Tracker,
+    experiment_id: str,
+    parent_id: str,
+    total: int,
+    progress: Progress,
+    earlier_runs: dict[str, str],
 ):
     from ray.tune import Callback
 
@@ -148,6 +195,7 @@ def _make_callback(
 
         def __init__(self) -> None:
             self.run_ids: dict[str, str] = {}
+            self.earlier = dict(earlier_runs)  # trial key → run of an interrupted attempt
             self.last: dict[str, dict[str, Any]] = {}
             self.started: dict[str, float] = {}
             self.finished = 0
@@ -162,9 +210,17 @@ def _make_callback(
             self.started[key] = time.perf_counter()
             if key not in self.run_ids:
                 self.run_ids[key] = tracker.start_trial(
-                    experiment_id, parent_id, key, payload["name"], payload["params"]
+                    experiment_id,
+                    parent_id,
+                    key,
+                    payload["name"],
+                    payload["params"],
+                    run_id=self.earlier.get(key),
                 )
-            progress(f"  ▶ trial {payload['position'] + 1}/{total} started: {payload['describe']}")
+            again = " (continuing its earlier run)" if key in self.earlier else ""
+            progress(
+                f"  ▶ trial {payload['position'] + 1}/{total} started{again}: {payload['describe']}"
+            )
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = self._key(trial)
@@ -175,7 +231,7 @@ def _make_callback(
                 tracker.log_metrics(self.run_ids[key], result, step=step)
             self.last.setdefault(key, {}).update(result)
             if "node_ids" in result:
-                tracker.client.set_tag(self.run_ids[key], NODE_IDS, result["node_ids"])
+                tracker.set_tag(self.run_ids[key], NODE_IDS, result["node_ids"])
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             key = self._key(trial)
@@ -223,23 +279,47 @@ def run_study(
     num_cpus: int | None = None,
     verbose: bool = False,
     progress: Progress = _print,
+    resume: bool = False,
+    proceed: bool = False,
 ) -> StudyRun:
-    """Run every trial of ``spec`` that MLflow does not already hold as FINISHED."""
+    """Run every trial of ``spec`` that MLflow does not already hold as FINISHED.
+
+    MLflow is checked first (an unreachable server fails here, before any data or compute), then
+    the output folder and storage. A trial an earlier attempt left unfinished (a killed driver, a
+    failed trial) continues on its MLflow run, and its Ray Train run resumes from its last
+    checkpoint. ``resume=True`` (``bioscale study resume``) insists that the study exists.
+    A study over its ``budget:`` is refused unless ``proceed``.
+    """
     t_start = time.perf_counter()
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(spec, out)
+    tracker = Tracker(
+        uri, artifact_root=out / "mlartifacts", retry_seconds=spec.tracking.retry_seconds
+    )
+    check_locations(spec, out)
+    if resume:
+        exp = tracker.client.get_experiment_by_name(spec.name)
+        if exp is None or not tracker.runs(exp.experiment_id, "study"):
+            raise BioscaleError(
+                f"nothing to resume: study {spec.name!r} has no run in {uri}. Start it with "
+                "`bioscale study run` (check --out and the tracking URI if it did run)."
+            )
     manifest = ensure_manifest(spec, out, progress)
     study_plan: StudyPlan = plan(spec, manifest)
-    uri = tracking_uri(spec, out)
-    tracker = Tracker(uri, artifact_root=out / "mlartifacts")
     experiment_id = tracker.experiment(spec.name)
     parent_id = tracker.study_run(experiment_id, spec.name, spec.sha())
     done = tracker.finished_trial_keys(experiment_id)
     pending = [t for t in study_plan.trials if t.key not in done]
+    earlier = {
+        k: r
+        for k, r in tracker.unfinished_trial_runs(experiment_id).items()
+        if k in {t.key for t in pending}
+    }
     skipped = len(study_plan.trials) - len(pending)
     progress(
         f"study {spec.name!r}: {len(study_plan.trials)} trials planned, {skipped} already "
         f"finished in MLflow ({uri}), {len(pending)} to run"
+        + (f" ({len(earlier)} continuing an interrupted run)" if earlier else "")
     )
     finished = failed = 0
     if pending:
@@ -251,10 +331,12 @@ def run_study(
             tracker,
             experiment_id,
             parent_id,
+            earlier,
             address=address,
             num_cpus=num_cpus,
             verbose=verbose,
             progress=progress,
+            proceed=proceed,
         )
     tracker.finish(parent_id, "FAILED" if failed else "FINISHED")
     return StudyRun(
@@ -282,11 +364,13 @@ def _tune(
     tracker,
     experiment_id,
     parent_id,
+    earlier,
     *,
     address,
     num_cpus,
     verbose,
     progress,
+    proceed,
 ) -> tuple[int, int]:
     from ray import tune
 
@@ -295,14 +379,20 @@ def _tune(
     init_ray(address, num_cpus, verbose)
     import ray.data
 
+    from bioscale.study import capacity
+
+    if spec.budget is not None:  # the cluster now known, its accelerator prices the study
+        cluster = capacity.Cluster.from_ray_nodes(address or "local", ray.nodes())
+        est = capacity.estimate(capacity.total_flops(pending), spec.budget, cluster=cluster)
+        capacity.enforce_budget(est, proceed)
+        progress(f"compute: {est.describe()}")
     ray.data.DataContext.get_current().enable_progress_bars = verbose
-    storage = out / "ray_results"
+    storage = storage_path(spec, out)
     name = (
         f"{spec.name}-"
         + hashlib.sha256("".join(sorted(t.key for t in pending)).encode()).hexdigest()[:10]
     )
-    if (storage / name).exists():  # an interrupted attempt at the same pending set: start clean
-        shutil.rmtree(storage / name)
+    _clear(f"{storage}/{name}")  # an interrupted attempt at the same pending set: start clean
     study_dict = spec.to_dict()
     payloads = [
         {
@@ -320,7 +410,9 @@ def _tune(
         }
         for t in pending
     ]
-    callback = _make_callback(tracker, experiment_id, parent_id, len(study_plan.trials), progress)
+    callback = _make_callback(
+        tracker, experiment_id, parent_id, len(study_plan.trials), progress, earlier
+    )
     tuner = tune.Tuner(
         tune.with_resources(_trial_fn, {"CPU": 0.01}),
         param_space={"trial": tune.grid_search(payloads)},
@@ -331,9 +423,23 @@ def _tune(
             trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), callbacks=[callback], verbose=1 if verbose else 0
+            name=name, storage_path=storage, callbacks=[callback], verbose=1 if verbose else 0
         ),
     )
     tuner.fit()
     sys.stdout.flush()
     return callback.finished, callback.failed
+
+
+def _clear(location: str) -> None:
+    """Delete a Tune experiment folder (local or ``s3://``/``gs://``) if it exists. Only Tune's
+    bookkeeping of one attempt: each trial's Ray Train folder (its checkpoints) lives beside it,
+    under the trial's stable name, and is kept so the trial can resume."""
+    if "://" not in location:
+        shutil.rmtree(location, ignore_errors=True)
+        return
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(location)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)

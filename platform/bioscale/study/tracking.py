@@ -9,6 +9,7 @@ writer.
 from __future__ import annotations
 
 import math
+import os
 import time
 import urllib.error
 import urllib.request
@@ -37,16 +38,27 @@ def is_metric(key: str, value: Any) -> bool:
 class Tracker:
     """A thin adapter over ``MlflowClient`` for bioscale's run hierarchy."""
 
-    def __init__(self, uri: str, artifact_root: str | Path | None = None) -> None:
+    def __init__(
+        self, uri: str, artifact_root: str | Path | None = None, retry_seconds: float = 120.0
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
-        self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
+        # a tracking server keeps artifacts in its own store; a local store keeps them beside it
+        self.artifact_root = (
+            Path(artifact_root).resolve() if artifact_root and not _is_server(uri) else None
+        )
+        self.retry_seconds = retry_seconds
+        if _is_server(uri):
+            # MLflow's own HTTP retries default to 7 with a factor-2 backoff (minutes per call);
+            # keep them short so `_retry` (bounded by retry_seconds) is the one in charge
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self._check_reachable()
         self.client = MlflowClient(tracking_uri=uri)
 
     def _check_reachable(self) -> None:
-        if not self.uri.startswith(("http://", "https://")):
+        if not _is_server(self.uri):
             return
         url = self.uri.rstrip("/") + "/health"
         try:
@@ -99,11 +111,36 @@ class Tracker:
         runs = self.runs(experiment_id, "trial", "attributes.status = 'FINISHED'")
         return {r.data.tags[TRIAL_KEY]: r.info.run_id for r in runs if TRIAL_KEY in r.data.tags}
 
+    def unfinished_trial_runs(self, experiment_id: str) -> dict[str, str]:
+        """``{trial_key: run_id}`` of trial runs left RUNNING, FAILED or KILLED by an earlier
+        attempt (a killed driver, a failed trial): a new attempt continues on the same run, so
+        every trial is one run however often it is retried."""
+        runs = self.runs(experiment_id, "trial", "attributes.status != 'FINISHED'")
+        out: dict[str, str] = {}
+        for r in sorted(runs, key=lambda r: r.info.start_time or 0):
+            if TRIAL_KEY in r.data.tags:
+                out.setdefault(r.data.tags[TRIAL_KEY], r.info.run_id)
+        return out
+
     def start_trial(
-        self, experiment_id: str, parent_id: str, key: str, name: str, params: dict[str, Any]
+        self,
+        experiment_id: str,
+        parent_id: str,
+        key: str,
+        name: str,
+        params: dict[str, Any],
+        run_id: str | None = None,
     ) -> str:
-        run = self.client.create_run(
-            experiment_id, run_name=name, tags={KIND: "trial", PARENT: parent_id, TRIAL_KEY: key}
+        """The trial's child run: ``run_id`` (an earlier attempt's run) reopened, or a new one."""
+        if run_id is not None:
+            self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+            return run_id
+        run = self._retry(
+            lambda: self.client.create_run(
+                experiment_id,
+                run_name=name,
+                tags={KIND: "trial", PARENT: parent_id, TRIAL_KEY: key},
+            )
         )
         self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -111,7 +148,11 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        batch = [Param(k, str(v)) for k, v in params.items()]
+        self._retry(lambda: self.client.log_batch(run_id, params=batch))
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self._retry(lambda: self.client.set_tag(run_id, key, value))
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
         from mlflow.entities import Metric
@@ -147,14 +188,57 @@ class Tracker:
         for path in paths:
             self.client.log_artifact(run_id, str(path))
 
-    @staticmethod
-    def _retry(fn, attempts: int = 5) -> Any:
-        """SQLite can answer 'database is locked' under bursts; retry with backoff, then raise."""
-        for i in range(attempts):
+    def _retry(self, fn) -> Any:
+        """Run one write, retrying what is transient — SQLite's 'database is locked', a tracking
+        server that is unreachable or answers 5xx/429 — with exponential backoff (0.2 s doubling
+        to 10 s) for up to ``retry_seconds``; then raise, naming the server."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.2
+        while True:
             try:
                 return fn()
             except Exception as err:  # MlflowException wraps the driver's OperationalError
-                if "locked" not in str(err) or i == attempts - 1:
+                if not _transient(err):
                     raise
-                time.sleep(0.2 * 2**i)
-        return None
+                if time.monotonic() + delay > deadline:
+                    raise TrackingError(
+                        f"MLflow tracking store {self.uri} kept failing for "
+                        f"{self.retry_seconds:.0f} s ({err}); raise tracking.retry_seconds or "
+                        "fix the server. Finished trials are kept; `bioscale study resume` "
+                        "continues the others."
+                    ) from err
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
+
+
+def _is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+#: Substrings of errors worth retrying: SQLite lock contention, connection failures (requests /
+#: urllib3 wording), and the HTTP statuses MLflow's client raises for an overloaded server.
+_TRANSIENT = (
+    "database is locked",
+    "connection refused",
+    "connection aborted",
+    "connection reset",
+    "max retries exceeded",
+    "failed to establish a new connection",
+    "remote end closed connection",
+    "read timed out",
+    "temporarily unavailable",
+    "response code 500",
+    "response code 502",
+    "response code 503",
+    "response code 504",
+    "response code 429",
+)
+
+
+def _transient(err: BaseException) -> bool:
+    import requests
+
+    if isinstance(err, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return True
+    text = str(err).lower()
+    return any(t in text for t in _TRANSIENT)

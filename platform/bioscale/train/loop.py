@@ -170,6 +170,7 @@ def run(
         state.update(ckpt["state"])
         best_weights = ckpt["best_weights"]
         log.info("resumed from %s at epoch %d", resumed, state["epoch"])
+    resumed_from_epoch = state["epoch"]  # 0 on a fresh start; a restarted worker group's checkpoint
 
     es = cfg.early_stopping
     stop = False
@@ -251,6 +252,7 @@ def run(
     final: dict[str, float] = {
         "train/best_epoch": float(state["best_epoch"]),
         "train/epochs": float(state["epoch"]),
+        "train/resumed_from_epoch": float(resumed_from_epoch),
         "train/samples_seen": float(state["samples_seen"]),
         "compute/flops": cfg.flops_per_sample * state["samples_seen"],
         "compute/seconds": state["loop_seconds"],
