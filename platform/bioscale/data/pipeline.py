@@ -30,6 +30,28 @@ def _select_rows(
     return out
 
 
+def select_rows(
+    ds,
+    sample_ids: np.ndarray,
+    labels: dict[str, np.ndarray],
+    keep: list[str],
+    *,
+    cpus_per_task: float,
+):
+    """``ds`` restricted to ``sample_ids`` (their ``keep`` columns) with integer ``labels``
+    attached, aligned with ``sample_ids``."""
+    return ds.map_batches(
+        _select_rows,
+        batch_format="pyarrow",
+        num_cpus=cpus_per_task,
+        fn_kwargs={
+            "sample_ids": pa.array(list(sample_ids), type=pa.string()),
+            "labels": {k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
+            "keep": keep,
+        },
+    )
+
+
 def _attach_labels(
     batch: pa.Table, *, sample_ids: pa.Array, labels: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
@@ -138,16 +160,8 @@ def decoded_sites(
     dyes = [*dyes, MAP_DYE] if with_maps else list(dyes)
     from bioscale.data.images import decode_batch
 
-    selected = sites.map_batches(
-        _select_rows,
-        batch_format="pyarrow",
-        num_cpus=select_cpus,
-        fn_kwargs={
-            "sample_ids": pa.array(list(sample_ids), type=pa.string()),
-            "labels": {k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
-            "keep": ["sample_id", *[f"path_{d}" for d in dyes]],
-        },
-    )
+    keep = ["sample_id", *[f"path_{d}" for d in dyes]]
+    selected = select_rows(sites, sample_ids, labels, keep, cpus_per_task=select_cpus)
     decoded = selected.map_batches(
         decode_batch,
         batch_format="numpy",
@@ -190,16 +204,7 @@ def decoded_natural(
 
     keep = ["sample_id", "path_image", "path_map"]
     rows = ray.data.read_parquet(str(manifest), columns=keep, num_cpus=select_cpus).repartition(8)
-    selected = rows.map_batches(
-        _select_rows,
-        batch_format="pyarrow",
-        num_cpus=select_cpus,
-        fn_kwargs={
-            "sample_ids": pa.array(list(sample_ids), type=pa.string()),
-            "labels": {k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
-            "keep": keep,
-        },
-    )
+    selected = select_rows(rows, sample_ids, labels, keep, cpus_per_task=select_cpus)
     decoded = selected.map_batches(
         decode_natural,
         batch_format="numpy",
