@@ -376,6 +376,11 @@ def _tune(
 
     if not verbose:  # Tune's default console output prints even at verbose=0
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # MLflow is the results store: Tune's own CSV/JSON/TensorBoard loggers would only duplicate
+    # it (and choke on the batched epoch history); a driver callback that takes a second to write
+    # a batch of epochs to SQLite is expected, not a bottleneck worth a warning.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
     init_ray(address, num_cpus, verbose)
     import ray.data
 
