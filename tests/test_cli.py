@@ -31,7 +31,7 @@ def test_plan_prints_every_trial_and_the_total(tmp_path):
     out = run_cli("study", "plan", str(REPO / "jobs/studies/demo.yaml"), "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if re.match(r"^\s*\d+\s+mlp:", line)]
-    assert len(lines) == 18
+    assert len(lines) == 16
     assert "total compute at most" in out.stdout and "FLOPs" in out.stdout
     assert not (tmp_path / "mlflow.db").exists()  # plan runs nothing
 
