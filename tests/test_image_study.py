@@ -39,7 +39,7 @@ def image_study(ray_local, tmp_path_factory):
             "train": {"budget": {"epochs": 2}, "batch_size": 32, "lr": {"value": 1.0e-3}},
             "resources": {
                 "cpus_per_worker": 0.5,
-                "max_concurrent_trials": 2,
+                "max_concurrent_trials": 1,
                 "data_cpus_per_task": 0.1,
             },
         }
