@@ -16,14 +16,18 @@ import pyarrow.compute as pc
 from bioscale.data.manifest import FEATURES
 
 
+def _selected(batch: pa.Table, sample_ids: pa.Array) -> tuple[pa.Table, np.ndarray]:
+    """The batch rows whose ``sample_id`` is in ``sample_ids``, and each one's position there."""
+    pos = pc.index_in(batch.column("sample_id"), value_set=sample_ids)
+    mask = pc.is_valid(pos)
+    return batch.filter(mask), pos.filter(mask).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def _select_rows(
     batch: pa.Table, *, sample_ids: pa.Array, labels: dict[str, np.ndarray], keep: list[str]
 ) -> dict[str, np.ndarray]:
     """Keep the batch rows whose ``sample_id`` is selected; emit the ``keep`` columns + labels."""
-    pos = pc.index_in(batch.column("sample_id"), value_set=sample_ids)
-    mask = pc.is_valid(pos)
-    kept = batch.filter(mask)
-    where = pos.filter(mask).to_numpy(zero_copy_only=False).astype(np.int64)
+    kept, where = _selected(batch, sample_ids)
     out = {c: kept.column(c).to_numpy(zero_copy_only=False) for c in keep}
     for name, values in labels.items():
         out[name] = values[where]
@@ -56,10 +60,7 @@ def _attach_labels(
     batch: pa.Table, *, sample_ids: pa.Array, labels: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Keep the batch rows whose ``sample_id`` is selected; emit ``x`` (B, F) float32 + labels."""
-    pos = pc.index_in(batch.column("sample_id"), value_set=sample_ids)
-    keep = pc.is_valid(pos)
-    kept = batch.filter(keep)
-    where = pos.filter(keep).to_numpy(zero_copy_only=False).astype(np.int64)
+    kept, where = _selected(batch, sample_ids)
     feats = kept.column(FEATURES).combine_chunks()
     width = feats.type.list_size
     x = feats.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, width)
