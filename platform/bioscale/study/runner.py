@@ -10,15 +10,16 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bioscale.config import to_mapping
-from bioscale.errors import BioscaleError, ConfigError
+from bioscale.errors import BioscaleError, ConfigError, TrackingError
 from bioscale.names import NODE_IDS
 from bioscale.study.plan import StudyPlan, plan
 from bioscale.study.spec import StudySpec
+from bioscale.study.spool import TrialWriter, replay_spool, spool_path
 from bioscale.study.tracking import Tracker, default_uri
 
 Progress = Callable[[str], None]
@@ -186,23 +187,18 @@ def _trial_fn(config: dict[str, Any]) -> None:
 
 
 def _make_callback(
-    tracker: Tracker,
-    experiment_id: str,
-    parent_id: str,
-    total: int,
-    progress: Progress,
-    earlier_runs: dict[str, str],
+    writer: TrialWriter, total: int, progress: Progress, earlier_runs: dict[str, str]
 ):
     from ray.tune import Callback
 
     class StudyCallback(Callback):
-        """Logs each trial as an MLflow child run, from the driver (the only writer)."""
+        """Logs each trial as an MLflow child run, from the driver (the only writer), through a
+        background writer so that a slow or unreachable tracking server never stalls Tune."""
 
         def __init__(self) -> None:
-            self.run_ids: dict[str, str] = {}
+            self.opened: set[str] = set()
             self.earlier = dict(earlier_runs)  # trial key → run of an interrupted attempt
             self.last: dict[str, dict[str, Any]] = {}
-            self.started: dict[str, float] = {}
             self.finished = 0
             self.failed = 0
 
@@ -212,16 +208,9 @@ def _make_callback(
         def on_trial_start(self, iteration, trials, trial, **info):
             payload = trial.config["trial"]
             key = payload["key"]
-            self.started[key] = time.perf_counter()
-            if key not in self.run_ids:
-                self.run_ids[key] = tracker.start_trial(
-                    experiment_id,
-                    parent_id,
-                    key,
-                    payload["name"],
-                    payload["params"],
-                    run_id=self.earlier.get(key),
-                )
+            if key not in self.opened:
+                writer.start(key, payload["name"], payload["params"], self.earlier.get(key))
+                self.opened.add(key)
             again = " (continuing its earlier run)" if key in self.earlier else ""
             progress(
                 f"  ▶ trial {payload['position'] + 1}/{total} started{again}: {payload['describe']}"
@@ -230,27 +219,28 @@ def _make_callback(
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = self._key(trial)
             for epoch in result.get("history", ()):
-                tracker.log_metrics(self.run_ids[key], epoch, step=int(epoch["epoch"]))
+                writer.metrics(key, epoch, step=int(epoch["epoch"]))
             if "history" not in result:
                 step = int(result.get("train/epochs") or result.get("epoch") or 0)
-                tracker.log_metrics(self.run_ids[key], result, step=step)
+                writer.metrics(key, result, step=step)
             self.last.setdefault(key, {}).update(result)
             if "node_ids" in result:
-                tracker.set_tag(self.run_ids[key], NODE_IDS, result["node_ids"])
+                writer.tag(key, NODE_IDS, result["node_ids"])
+            for name, text in (result.get("artifacts") or {}).items():
+                writer.text(key, name, text)  # small text artifacts a trial reports by name
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             key = self._key(trial)
             payload = trial.config["trial"]
             last = self.last.get(key, {})
-            run_id = self.run_ids[key]
             if "trial_complete" not in last or "final" not in last:
                 self.on_trial_error(iteration, trials, trial)
                 return
             overhead = last.get("perf/trial_seconds", 0.0) - last.get("compute/seconds", 0.0)
-            tracker.log_metrics(
-                run_id, {"perf/overhead_seconds": overhead}, step=int(last.get("train/epochs", 0))
+            writer.metrics(
+                key, {"perf/overhead_seconds": overhead}, step=int(last.get("train/epochs", 0))
             )
-            tracker.finish(run_id, "FINISHED")
+            writer.finish(key, "FINISHED")
             self.finished += 1
             probe = last.get("probe/moa/novel_compounds/top1", float("nan"))
             progress(
@@ -264,8 +254,8 @@ def _make_callback(
         def on_trial_error(self, iteration, trials, trial, **info):
             key = self._key(trial)
             payload = trial.config["trial"]
-            if key in self.run_ids:
-                tracker.finish(self.run_ids[key], "FAILED")
+            if key in self.opened:
+                writer.finish(key, "FAILED")
             self.failed += 1
             where = getattr(trial, "error_file", None) or getattr(trial, "path", "")
             progress(
@@ -313,6 +303,7 @@ def run_study(
     study_plan: StudyPlan = plan(spec, manifest)
     experiment_id = tracker.experiment(spec.name)
     parent_id = tracker.study_run(experiment_id, spec.name, spec.sha())
+    replay_spool(tracker, out, experiment_id, parent_id, progress)
     done = tracker.finished_trial_keys(experiment_id)
     pending = [t for t in study_plan.trials if t.key not in done]
     earlier = {
@@ -397,6 +388,7 @@ def _tune(
         capacity.enforce_budget(est, proceed)
         progress(f"compute: {est.describe()}")
     ray.data.DataContext.get_current().enable_progress_bars = verbose
+    concurrent = _concurrency(spec, address, progress)
     storage = storage_path(spec, out)
     name = (
         f"{spec.name}-"
@@ -420,14 +412,13 @@ def _tune(
         }
         for t in pending
     ]
-    callback = _make_callback(
-        tracker, experiment_id, parent_id, len(study_plan.trials), progress, earlier
-    )
+    writer = TrialWriter(tracker, experiment_id, parent_id, progress=progress)
+    callback = _make_callback(writer, len(study_plan.trials), progress, earlier)
     tuner = tune.Tuner(
         tune.with_resources(_trial_fn, {"CPU": 0.01}),
         param_space={"trial": tune.grid_search(payloads)},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=spec.resources.max_concurrent_trials,
+            max_concurrent_trials=concurrent,
             reuse_actors=False,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
@@ -436,9 +427,57 @@ def _tune(
             name=name, storage_path=storage, callbacks=[callback], verbose=1 if verbose else 0
         ),
     )
-    tuner.fit()
-    sys.stdout.flush()
+    try:
+        tuner.fit()
+    finally:  # finished, failed or interrupted: what MLflow has not taken yet is kept
+        sys.stdout.flush()
+        spooled = writer.close(spool_path(out), wait_s=spec.tracking.retry_seconds)
+        if spooled:
+            progress(
+                f"MLflow ({tracker.uri}) did not take {spooled} write(s); they are saved in "
+                f"{spool_path(out)} and written by the next `bioscale study resume`"
+            )
+    if spooled:
+        raise TrackingError(
+            f"MLflow ({tracker.uri}) was unreachable at the end of the study: {spooled} "
+            f"write(s) are saved in {spool_path(out)}. Once the server is back, `bioscale study "
+            "resume` writes them to their trials' runs and continues any unfinished trial."
+        )
     return callback.finished, callback.failed
+
+
+def _concurrency(spec, address: str | None, progress: Progress) -> int:
+    """How many trials to run at once: ``resources.max_concurrent_trials``, lowered on a local
+    instance to what its CPUs can place with room left for Ray Data (more trials than that do not
+    fail, they starve each other's data tasks and hang). A cluster is only warned: its autoscaler
+    may add the nodes."""
+    import ray
+
+    from bioscale.study import capacity
+
+    res = spec.resources
+    data_cpus = res.data_cpus_per_task
+    if spec.data.kind != "profiles":
+        data_cpus = max(data_cpus, spec.data.image.decode_cpus)
+    cluster = capacity.Cluster.from_ray_nodes(address or "local", ray.nodes())
+    report = capacity.check_fit(replace(res, data_cpus_per_task=data_cpus), cluster)
+    wanted = res.max_concurrent_trials
+    if report.concurrent_trials >= wanted:
+        return wanted
+    if address:
+        for line in report.problems + report.notes:
+            progress(f"warning: {line}")
+        return wanted
+    if report.concurrent_trials == 0:
+        raise BioscaleError(
+            "this machine's local Ray instance cannot run one trial: " + " ".join(report.problems)
+        )
+    progress(
+        f"running {report.concurrent_trials} trial(s) at a time, not "
+        f"resources.max_concurrent_trials={wanted}: that is what this machine's "
+        f"{sum(n.cpus for n in cluster.nodes):g} CPUs place with {data_cpus:g} CPU left for Ray Data"
+    )
+    return report.concurrent_trials
 
 
 def _clear(location: str) -> None:

@@ -184,6 +184,10 @@ class Tracker:
         )
         return run.info.run_id
 
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        """``text`` as the run's artifact ``name`` (a relative path such as ``layers/moa.json``)."""
+        self._retry(lambda: self.client.log_text(run_id, text, name))
+
     def log_artifacts(self, run_id: str, paths: Iterable[str | Path]) -> None:
         for path in paths:
             self.client.log_artifact(run_id, str(path))
