@@ -297,11 +297,11 @@ def iter_packed(
 
 def read_packed(folder: str | Path, *, num_cpus: float = 0.25):
     """The shards as a Ray Dataset of decoded crops (``x`` float32 + metadata columns)."""
-    import ray.data
+    from bioscale.data.pipeline import read_parquet
 
     files = shard_files(folder)
     fmt = ShardFormat.of(pq.read_schema(files[0]), files[0])
-    ds = ray.data.read_parquet(files, num_cpus=num_cpus)
+    ds = read_parquet(files, num_cpus=num_cpus)
     return ds.map_batches(
         unpack_batch, batch_format="pyarrow", num_cpus=num_cpus, fn_kwargs={"fmt": fmt}
     )

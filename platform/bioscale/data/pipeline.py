@@ -70,14 +70,23 @@ def _attach_labels(
     return out
 
 
+def read_parquet(paths, **kwargs):
+    """``ray.data.read_parquet`` through Ray Data's V1 Parquet reader. The V2 reader lists files
+    through footer-reader actors that each ask for one whole CPU: on a cluster whose CPUs are
+    mostly held by Train workers (two trials on two cores) that actor never schedules and the
+    trial waits for its data forever. V1 reads footers in the calling process and its read tasks
+    take the ``num_cpus`` given."""
+    import ray.data
+
+    ray.data.DataContext.get_current().use_datasource_v2 = False
+    return ray.data.read_parquet(paths, **kwargs)
+
+
 def read_profiles(manifest: str | Path, *, num_blocks: int = 4, cpus_per_task: float = 0.25):
     """The manifest's ``sample_id`` and ``features`` columns as a Ray Dataset of ``num_blocks``
     blocks (a one-row-group file would otherwise be a single block, PLATFORM_NOTES)."""
-    import ray.data
 
-    ds = ray.data.read_parquet(
-        str(manifest), columns=["sample_id", FEATURES], num_cpus=cpus_per_task
-    )
+    ds = read_parquet(str(manifest), columns=["sample_id", FEATURES], num_cpus=cpus_per_task)
     return ds.repartition(num_blocks)
 
 
@@ -126,10 +135,9 @@ def read_sites(
 ):
     """An image manifest's ``sample_id`` and ``path_<Dye>`` columns as a Ray Dataset (a dye may
     be ``MAP_DYE``: the expert map)."""
-    import ray.data
 
     columns = ["sample_id", *[f"path_{d}" for d in dyes]]
-    ds = ray.data.read_parquet(str(manifest), columns=columns, num_cpus=cpus_per_task)
+    ds = read_parquet(str(manifest), columns=columns, num_cpus=cpus_per_task)
     return ds.repartition(num_blocks)
 
 
@@ -199,12 +207,11 @@ def decoded_natural(
 ):
     """Selected natural images → ``{"x": (3, size, size), "map": (size, size), "has_map": bool,
     <label>: int64}``, decoded in parallel ``map_batches`` tasks (maps flip with their image)."""
-    import ray.data
 
     from bioscale.data.natural import decode_natural
 
     keep = ["sample_id", "path_image", "path_map"]
-    rows = ray.data.read_parquet(str(manifest), columns=keep, num_cpus=select_cpus).repartition(8)
+    rows = read_parquet(str(manifest), columns=keep, num_cpus=select_cpus).repartition(8)
     selected = select_rows(rows, sample_ids, labels, keep, cpus_per_task=select_cpus)
     decoded = selected.map_batches(
         decode_natural,
