@@ -37,7 +37,7 @@ def with_(**changes):
         ),
         (
             with_(grids=[{"rung": ["debug"], "diet": [{}], "objective": ["ibq"]}]),
-            r"unknown objective 'ibq'\. Did you mean 'ibp'\? Known: harmonized, ibp, supervised",
+            r"unknown objective 'ibq'\. Did you mean 'ibp'\? Known: harmonized, ibp, mae, supervised",
         ),
         (with_(train={"budget": {"epochs": 2, "samples": 10}}), r"exactly one of epochs"),
         (

@@ -67,6 +67,26 @@ class Objective:
     #: Whether the objective needs human importance maps (``map``/``has_map`` in its batches).
     needs_maps: ClassVar[bool] = False
 
+    #: The rung families (``mlp``, ``vit``, ...) the objective can train; ``None``: every family.
+    model_families: ClassVar[frozenset[str] | None] = None
+
+    @classmethod
+    def rung_refusal(cls, rung: str) -> str | None:
+        """Why this objective cannot train ``rung`` (naming the rungs it can), or ``None``."""
+        if cls.model_families is None:
+            return None
+        from bioscale.models.ladder import get_rung, rung_names
+
+        family = get_rung(rung).family
+        if family in cls.model_families:
+            return None
+        by_family: dict[str, list[str]] = {}
+        for name in rung_names():
+            if get_rung(name).family in cls.model_families:
+                by_family.setdefault(get_rung(name).family, []).append(name)
+        listed = "; ".join(f"{fam}: {', '.join(names)}" for fam, names in sorted(by_family.items()))
+        return f"{cls.name} cannot train the {family} rung {rung}; rungs that support it: {listed}"
+
     def weight_decay(self, default: float) -> float:
         """The AdamW weight decay the loop applies (the study's unless the objective's method
         prescribes its own); applied once, through the loop's parameter groups."""

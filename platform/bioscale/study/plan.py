@@ -409,6 +409,10 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
                 )
             )
             continue
+        refusal = objectives.get(point.objective.name).rung_refusal(point.rung)
+        if refusal is not None:
+            dropped.append((point, refusal))
+            continue
         trial, _ = resolve(spec, info, index, point, i, code, input_shape)
         if trial.params["D_samples"] == 0:
             dropped.append((point, "the diet leaves no training samples for this objective"))
