@@ -48,26 +48,38 @@ def load_weights(checkpoint: str | Path) -> dict[str, Any]:
 
 
 class BackboneEmbedder:
-    """A Ray Data actor: builds the trial's network once, loads its weights, embeds batches."""
+    """A Ray Data actor: builds the trial's network once, loads its weights, embeds batches
+    (``emb``, and with ``layers`` each of those layers' pooled embedding from the same pass,
+    ``bioscale.eval.layer_search.layer_columns``)."""
 
-    def __init__(self, loop_config: Any, checkpoint: str, device: str = "cpu") -> None:
+    def __init__(
+        self, loop_config: Any, checkpoint: str, device: str = "cpu", layers: Any = None
+    ) -> None:
         import torch
 
+        from bioscale.eval.layer_search import layer_columns
+        from bioscale.eval.layers import LayerExtractor
         from bioscale.train.loop import build_network
 
         net, _ = build_network(loop_config)
         net.load_state_dict(load_weights(checkpoint))
         self.device = torch.device(device)
         self.backbone = net.backbone.to(self.device).eval()
+        self.columns = layer_columns(self.backbone, layers) if layers is not None else {}
+        self.extractor = LayerExtractor(self.backbone, layers) if layers is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        out = {k: v for k, v in batch.items() if k not in ("x", "map", "has_map")}
         with torch.no_grad():
             x = torch.as_tensor(np.ascontiguousarray(batch["x"]), device=self.device)
-            emb = self.backbone(x).float().cpu().numpy()  # (B, d)
-        out = {k: v for k, v in batch.items() if k not in ("x", "map", "has_map")}
-        out["emb"] = emb
+            if self.extractor is None:
+                out["emb"] = self.backbone(x).float().cpu().numpy()  # (B, d)
+            else:
+                for name, emb in self.extractor(x).items():
+                    out[self.columns[name]] = emb.cpu().numpy()
+                out["emb"] = self.extractor.embedding.cpu().numpy()
         return out
 
 
@@ -80,9 +92,11 @@ def embed_dataset(
     pool_size: int = 1,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
+    layers: Any = None,
 ) -> dict[str, np.ndarray]:
     """Embed every row of a Ray Dataset (``x`` plus int64 code columns) with a trial's frozen
-    backbone in an actor pool of ``pool_size`` actors; returns ``{"emb": (n, d), <codes>: (n,)}``."""
+    backbone in an actor pool of ``pool_size`` actors; returns ``{"emb": (n, d), <codes>: (n,)}``
+    plus, with ``layers`` (layer search), one column per layer."""
     import ray.data
 
     embedded = ds.map_batches(
@@ -91,6 +105,7 @@ def embed_dataset(
             "loop_config": loop_config,
             "checkpoint": str(checkpoint),
             "device": "cuda" if num_gpus > 0 else "cpu",
+            "layers": layers,
         },
         batch_size=batch_size,
         batch_format="numpy",
@@ -131,8 +146,20 @@ def reevaluate(
         pool_size: embedding actors.
         num_cpus: CPUs per embedding actor.
     """
+    import json
+
+    from bioscale.eval.layer_search import CURVES_ARTIFACT, layer_curves, layers_of
     from bioscale.eval.tasks import evaluate
 
+    run = tracker.client.get_run(run_id)
+    logged = run.data.params.get("probe_selection", "last")  # runs from before layer search
+    if logged != cfg.selection:
+        raise ValueError(
+            f"run {run_id} was probed with probe.selection {logged!r}; re-evaluating it with "
+            f"{cfg.selection!r} would log one kind of metric under the other's param. Run the "
+            "study with the new selection instead (a new trial key)."
+        )
+    search = cfg.selection == "search"
     columns = embed_dataset(
         probe_dataset,
         loop_config=loop_config,
@@ -140,9 +167,12 @@ def reevaluate(
         batch_size=cfg.embed_batch_size,
         pool_size=pool_size,
         num_cpus=num_cpus,
+        layers=cfg.layers if search else None,
     )
     metrics = evaluate(columns, cfg)
-    run = tracker.client.get_run(run_id)
     step = int(run.data.metrics.get("train/epochs", 0))
     tracker.log_metrics(run_id, metrics, step=step)
+    if search:
+        curves = layer_curves(layers_of(columns), metrics)
+        tracker.log_text(run_id, json.dumps(curves), CURVES_ARTIFACT)
     return metrics

@@ -93,7 +93,8 @@ class LayerExtractor:
     """Forward hooks that collect pooled layer outputs; ``extractor(x)`` → ``{layer: (B, d)}``.
 
     Use as a context manager (the hooks are removed on exit). The deepest layer of the model,
-    when requested, is its output (module docstring).
+    when requested, is its output (module docstring); ``embedding`` holds the last call's output
+    (B, d) whichever layers were requested.
     """
 
     def __init__(self, model: nn.Module, layers: str | Sequence[str | int] | None = ALL) -> None:
@@ -103,6 +104,7 @@ class LayerExtractor:
         prefix = int(getattr(model, "num_prefix_tokens", 0) or 0)
         modules = dict(model.named_modules())
         self._seen: dict[str, torch.Tensor] = {}
+        self.embedding: torch.Tensor | None = None
         self._handles = []
         for name in self.names:
             if name == self.deepest:
@@ -115,9 +117,9 @@ class LayerExtractor:
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self._seen = {}
-        out = self.model(x)
+        self.embedding = pool(self.model(x)).float()
         if self.deepest in self.names:
-            self._seen[self.deepest] = pool(out).float()
+            self._seen[self.deepest] = self.embedding
         return {name: self._seen[name] for name in self.names}
 
     def close(self) -> None:

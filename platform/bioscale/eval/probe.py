@@ -21,12 +21,16 @@ MLP's ``probe/<task>_mlp/<split>/<metric>``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from bioscale.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bioscale.eval.layer_search import Layer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,12 @@ class ProbeConfig:
         retrieval_threshold: p-value threshold of ``fraction_retrieved`` (FDR-corrected).
         embed_batch_size: rows per batch when re-evaluation embeds with Ray Data.
         seed: seed of the MLP readout and the retrieval null distributions.
+        selection: which embedding the probes read. ``last``: the backbone's embedding.
+            ``search``: every layer of ``layers`` is embedded in the same pass and each probe
+            task picks (layer, regularisation) on ``probe_val`` (``bioscale.eval.layer_search``);
+            logged as the trial param ``probe_selection`` so the two are never mixed up.
+        layers: the layers a search reads: ``all``, or layer names / indices (negative from the
+            deepest) of ``bioscale.eval.layers.layer_names``.
     """
 
     cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -85,9 +95,19 @@ class ProbeConfig:
     retrieval_threshold: float = 0.05
     embed_batch_size: int = 256
     seed: int = 0
+    selection: Literal["last", "search"] = "last"
+    layers: Literal["all"] | tuple[str | int, ...] = "all"
 
     def __post_init__(self) -> None:
         from bioscale.eval.readout import READOUTS
+
+        if self.layers != "all":
+            if not self.layers or len(set(self.layers)) != len(self.layers):
+                raise ConfigError(
+                    f"probe.layers: 'all' or a list of distinct layers, got {list(self.layers)}"
+                )
+            if self.selection != "search":
+                raise ConfigError("probe.layers applies to probe.selection: search")
 
         if not self.cs or min(self.cs) <= 0:
             raise ConfigError("probe.cs: give at least one positive C")
@@ -144,8 +164,9 @@ def _fit_and_score(
     val_rows: np.ndarray,
     tests: dict[str, np.ndarray],
     cfg: ProbeConfig,
-) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Standardise on the fit rows, fit and select one readout, score it on each test mask."""
+) -> tuple[dict[str, float], dict[str, dict[str, float]], float]:
+    """Standardise on the fit rows, fit and select one readout, score it on each test mask;
+    also returns the selected readout's top-1 on the validation rows (what it was chosen by)."""
     from sklearn.preprocessing import StandardScaler
 
     from bioscale.eval.readout import READOUTS
@@ -163,7 +184,10 @@ def _fit_and_score(
         for split, rows in tests.items()
         if rows.any()  # e.g. natural images have no novel classes
     }
-    return fitted.selected, scores
+    val_top1 = topk_accuracy(
+        fitted.predict_proba(scaled(val_rows)), fitted.classes, labels[val_rows], 1
+    )
+    return fitted.selected, scores, val_top1
 
 
 def probe_task(
@@ -173,6 +197,7 @@ def probe_task(
     source: np.ndarray | None,
     task: str,
     cfg: ProbeConfig,
+    layers: Sequence[Layer] | None = None,
 ) -> dict[str, float]:
     """Fit, select and score every readout of ``cfg.readouts`` on one task.
 
@@ -184,10 +209,14 @@ def probe_task(
         source: (n,) source codes, or ``None`` (no ``heldout_source`` split).
         task: task name for the metric keys.
         cfg: probe settings.
+        layers: with layer search, the normalised embeddings of every searched layer (``z`` is
+            then unused): each readout picks (layer, regularisation) on ``probe_val`` and is
+            scored with that choice (``bioscale.eval.layer_search``).
 
     Returns:
         ``probe/<task>[_mlp]/<split>/<metric>`` for every split, ``probe/<task>/C`` (linear) and
-        ``probe/<task>_mlp/epoch`` (MLP).
+        ``probe/<task>_mlp/epoch`` (MLP); with ``layers`` also ``<prefix>/best_layer``,
+        ``<prefix>/best_layer_depth`` and ``<prefix>/layer/<i>/val_top1`` per searched layer.
     """
     labelled = (labels >= 0).any(axis=1)
     train = labelled & (role == ROLE_CODES["probe_train"])
@@ -211,10 +240,24 @@ def probe_task(
     metrics: dict[str, float] = {}
     for name in cfg.readouts:
         prefix = f"probe/{task}" if name == "linear" else f"probe/{task}_{name}"
-        selected, scores = _fit_and_score(name, z, labels, train, val, tests, cfg)
+        if layers is None:
+            chosen = z
+            selected, scores, _ = _fit_and_score(name, z, labels, train, val, tests, cfg)
+        else:
+            from bioscale.eval.layer_search import search_layers
+
+            found = search_layers(
+                layers,
+                lambda z_layer, name=name: _fit_and_score(
+                    name, z_layer, labels, train, val, tests, cfg
+                ),
+            )
+            chosen, selected, scores = found.layer.z, found.selected, found.scores
+            metrics |= found.metrics(prefix)
         if heldout is not None and name == "linear":
-            _, more = _fit_and_score(
-                name, z, labels, heldout[0], heldout[1], {HELDOUT_SOURCE: heldout[2]}, cfg
+            # the held-out source reuses the layer chosen on probe_val (its C is chosen again)
+            _, more, _ = _fit_and_score(
+                name, chosen, labels, heldout[0], heldout[1], {HELDOUT_SOURCE: heldout[2]}, cfg
             )
             scores |= more
         metrics |= {f"{prefix}/{key}": value for key, value in selected.items()}

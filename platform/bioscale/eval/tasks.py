@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bioscale.eval.layer_search import Layer, is_embedding_column, layers_of
 from bioscale.eval.probe import ROLE_CODES, ProbeConfig, probe_task
 from bioscale.registry import Registry
 
@@ -38,6 +39,8 @@ class ProbeRows:
     plate: np.ndarray | None  # (n,) codes
     source: np.ndarray | None
     compound: np.ndarray | None
+    #: with ``probe.selection: search``: every searched layer, normalised like ``z``
+    layers: tuple[Layer, ...] | None = None
 
     @property
     def is_control(self) -> np.ndarray:
@@ -70,12 +73,13 @@ def to_wells(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if len(uniq) == len(keys):
         return columns
     inverse = inverse.ravel()
-    emb = columns["emb"]
-    sums = np.zeros((len(uniq), emb.shape[1]), dtype=np.float64)
-    np.add.at(sums, inverse, emb)
     counts = np.bincount(inverse, minlength=len(uniq))[:, None]
-    out = {k: v[first] for k, v in columns.items() if k != "emb"}
-    out["emb"] = (sums / counts).astype(np.float32)
+    out = {k: v[first] for k, v in columns.items() if not is_embedding_column(k)}
+    for key, emb in columns.items():
+        if is_embedding_column(key):  # ``emb`` and, with layer search, every layer's
+            sums = np.zeros((len(uniq), emb.shape[1]), dtype=np.float64)
+            np.add.at(sums, inverse, emb)
+            out[key] = (sums / counts).astype(np.float32)
     return out
 
 
@@ -93,15 +97,30 @@ def probe_rows(columns: dict[str, np.ndarray], cfg: ProbeConfig) -> ProbeRows:
         method = "none"
     if method != "none" and plate is None:
         raise ValueError("normalisation against controls needs the probe column 'plate'")
-    z = normalise_embeddings(
-        cols["emb"],
-        plate if plate is not None else np.zeros(len(role), dtype=np.int64),
-        controls,
-        method=method,
-        sphere=cfg.sphere,
-        shrinkage=cfg.shrinkage,
-        clip=cfg.clip,
-    )
+
+    def normalised(emb: np.ndarray) -> np.ndarray:
+        return normalise_embeddings(
+            emb,
+            plate if plate is not None else np.zeros(len(role), dtype=np.int64),
+            controls,
+            method=method,
+            sphere=cfg.sphere,
+            shrinkage=cfg.shrinkage,
+            clip=cfg.clip,
+        )
+
+    layers = None
+    if cfg.selection == "search":
+        found = layers_of(cols)
+        if not found:
+            raise ValueError(
+                "probe.selection: search needs per-layer embeddings in the probe batch "
+                "(embed with bioscale.eval.layers; columns layer:<index>/<count>:<name>)"
+            )
+        layers = tuple(
+            Layer(name=la.name, index=la.index, count=la.count, z=normalised(la.z)) for la in found
+        )
+    z = normalised(cols["emb"])
     targets = target_columns(cols)
     return ProbeRows(
         z=z,
@@ -115,6 +134,7 @@ def probe_rows(columns: dict[str, np.ndarray], cfg: ProbeConfig) -> ProbeRows:
         plate=plate,
         source=cols.get("source"),
         compound=cols.get("compound"),
+        layers=layers,
     )
 
 
@@ -160,7 +180,7 @@ def _task(name: str, description: str, *, kinds: tuple[str, ...] = HCS, requires
     requires="task labels",
 )
 def _moa(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
-    return probe_task(rows.z, rows.role, rows.moa, rows.source, "moa", cfg)
+    return probe_task(rows.z, rows.role, rows.moa, rows.source, "moa", cfg, rows.layers)
 
 
 @_task(
@@ -172,7 +192,7 @@ def _target(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
     if rows.target.shape[1] == 0 or not (rows.target >= 0).any():
         log.warning("evaluation task 'target': no probe row has a target label; skipped")
         return {}
-    return probe_task(rows.z, rows.role, rows.target, rows.source, "target", cfg)
+    return probe_task(rows.z, rows.role, rows.target, rows.source, "target", cfg, rows.layers)
 
 
 @_task("leakage", "plate/source predicted from embeddings, train/test wells of the same compounds")

@@ -278,6 +278,8 @@ def resolve(
     }
     if spec.data.kind != "profiles":  # how pixels become tensors changes what a trial learns
         identity["image"] = asdict(spec.data.image)
+    if spec.probe.selection != "last":  # a run's metrics are either last-layer or searched
+        identity["probe_selection"] = to_mapping([spec.probe.selection, spec.probe.layers])
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     params = {
         "rung": point.rung,
@@ -298,6 +300,7 @@ def resolve(
         "budget": json.dumps(asdict(spec.train.budget), sort_keys=True),
         "precision": loop.precision,
         "flops_per_sample": flops,
+        "probe_selection": spec.probe.selection,
     }
     planned = max_samples if max_samples is not None else max_epochs * d_samples
     return (

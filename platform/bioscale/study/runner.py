@@ -16,6 +16,7 @@ from typing import Any
 
 from bioscale.config import to_mapping
 from bioscale.errors import BioscaleError, ConfigError, TrackingError
+from bioscale.eval.layer_search import CURVES_ARTIFACT
 from bioscale.names import NODE_IDS
 from bioscale.study.plan import StudyPlan, plan
 from bioscale.study.spec import StudySpec
@@ -240,6 +241,8 @@ def _make_callback(
             writer.metrics(
                 key, {"perf/overhead_seconds": overhead}, step=int(last.get("train/epochs", 0))
             )
+            if CURVES_ARTIFACT in last:  # layer search: the per-layer validation curves
+                writer.text(key, CURVES_ARTIFACT, last[CURVES_ARTIFACT])
             writer.finish(key, "FINISHED")
             self.finished += 1
             probe = last.get("probe/moa/novel_compounds/top1", float("nan"))

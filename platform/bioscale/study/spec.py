@@ -206,6 +206,7 @@ class StudySpec:
             raise ConfigError("grids: a study needs at least one grid")
         _validate_names(self)
         _resolve_eval(self)
+        _check_probe_layers(self)
         allowed = {"rung", "diet", "objective", "seed"}
         for i, rule in enumerate(self.exclude):
             bad = set(rule) - allowed
@@ -279,3 +280,25 @@ def _resolve_eval(spec: StudySpec) -> None:
             f"(eval gives {list(tasks)}, probe.tasks {list(spec.probe.tasks)})"
         )
     object.__setattr__(spec, "probe", replace(spec.probe, tasks=tasks))
+
+
+def _check_probe_layers(spec: StudySpec) -> None:
+    """``probe.layers`` (layer search) names layers every rung of the study has: checked on
+    parameter-free (meta-device) builds, before any compute."""
+    if spec.probe.selection != "search" or spec.probe.layers == "all":
+        return
+    import torch
+
+    from bioscale.eval.layers import resolve_layers
+    from bioscale.models.ladder import get_rung
+
+    # layer names depend on neither the input size nor the channel count: any valid shape will do
+    crop = spec.data.image.crop
+    shape = (8,) if spec.data.kind == "profiles" else (3, crop, crop)
+    for rung in sorted({r for grid in spec.grids for r in grid.rung}):
+        with torch.device("meta"):
+            backbone = get_rung(rung).build(shape)
+        try:
+            resolve_layers(backbone, spec.probe.layers)
+        except ValueError as err:
+            raise ConfigError(f"probe.layers, rung {rung}: {err}") from None

@@ -9,6 +9,7 @@ only rank 0's metrics carry content.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bioscale.eval.layer_search import CURVES_ARTIFACT, layer_curves, layers_of
 from bioscale.eval.probe import ProbeConfig
 from bioscale.eval.tasks import evaluate as evaluate_probe_rows
 from bioscale.models.ladder import get_rung
@@ -121,15 +123,35 @@ def _val_loss(model: nn.Module, objective: Any, ctx: TrainContext) -> float | No
 
 
 @torch.no_grad()
-def embed(backbone: nn.Module, batches, device: torch.device) -> dict[str, np.ndarray]:
-    """Frozen embeddings of every batch, with the batch's other columns passed through."""
+def embed(
+    backbone: nn.Module, batches, device: torch.device, layers: Any = None
+) -> dict[str, np.ndarray]:
+    """Frozen embeddings ``emb`` of every batch, with the batch's other columns passed through.
+
+    ``layers`` (``all`` or layer names / indices, ``bioscale.eval.layers``): also the pooled
+    embedding of each of those layers, from the same forward pass, as columns
+    ``layer:<index>/<count>:<name>`` (``bioscale.eval.layer_search.layer_columns``).
+    """
+    from contextlib import nullcontext
+
+    from bioscale.eval.layer_search import layer_columns
+    from bioscale.eval.layers import LayerExtractor
+
     backbone.eval()
     out: dict[str, list[np.ndarray]] = {}
-    for batch in batches:
-        out.setdefault("emb", []).append(backbone(batch["x"].to(device)).float().cpu().numpy())
-        for k, v in batch.items():
-            if k != "x":
-                out.setdefault(k, []).append(v.cpu().numpy())
+    columns = layer_columns(backbone, layers) if layers is not None else {}
+    with LayerExtractor(backbone, layers) if layers is not None else nullcontext() as extractor:
+        for batch in batches:
+            x = batch["x"].to(device)
+            if extractor is None:
+                out.setdefault("emb", []).append(backbone(x).float().cpu().numpy())
+            else:
+                for name, emb in extractor(x).items():
+                    out.setdefault(columns[name], []).append(emb.cpu().numpy())
+                out.setdefault("emb", []).append(extractor.embedding.cpu().numpy())
+            for k, v in batch.items():
+                if k != "x":
+                    out.setdefault(k, []).append(v.cpu().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -261,9 +283,18 @@ def run(
         **(extra_final or {}),
     }
     if ctx.rank == 0:
-        probe_data = embed(net.backbone, ctx.eval_batches("probe"), ctx.device)
+        search = cfg.probe.selection == "search"
+        probe_data = embed(
+            net.backbone,
+            ctx.eval_batches("probe"),
+            ctx.device,
+            layers=cfg.probe.layers if search else None,
+        )
         # normalised against the control wells, then every task of the study's ``eval:``
-        final |= evaluate_probe_rows(probe_data, cfg.probe)
+        evaluated = evaluate_probe_rows(probe_data, cfg.probe)
+        final |= evaluated
+        if search:  # the per-layer validation curves: a JSON artifact of the trial's run
+            final[CURVES_ARTIFACT] = json.dumps(layer_curves(layers_of(probe_data), evaluated))
         final["val/best_loss"] = (
             state["best_val"] if math.isfinite(state["best_val"]) else float("nan")
         )
