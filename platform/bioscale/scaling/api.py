@@ -185,7 +185,7 @@ def report_table(
             cuts its best observed error by 10% (``report.default_target``).
         The rest as in ``fit_table``; ``group`` columns missing from the table are ignored.
     """
-    from bioscale.scaling.plots import plot_fits
+    from bioscale.scaling.plots import plot_fits, plot_layer_search
     from bioscale.scaling.report import default_target, render
 
     out_dir = Path(out_dir)
@@ -233,6 +233,10 @@ def report_table(
                 )
             )
     comparisons = compare_fits(fits, "objective") if "objective" in group else []
+    # trials that searched layers: a layer-by-scale heat map per objective, for the metric's task
+    parts = metric.split("/")
+    task = parts[1] if parts[0] == "probe" and len(parts) > 2 else None
+    layer_plots = plot_layer_search(rows, out_dir, task=task, title=title) if task else []
     fits_json = write_json(
         {"fits": [f.to_json() for f in fits], "issues": issues}, out_dir / "fits.json"
     )
@@ -254,12 +258,13 @@ def report_table(
         issues=issues,
         trial_columns=trial_columns,
         footnote=footnote,
+        layer_plots=layer_plots,
     )
     return Report(
         report=report,
         fits_json=fits_json,
         forecasts_json=forecasts_json,
-        plots=plots,
+        plots=plots + layer_plots,
         fits=fits,
         forecasts=forecasts,
         comparisons=comparisons,

@@ -101,3 +101,81 @@ def plot_fits(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def layer_search_table(
+    rows: Sequence[dict], task: str
+) -> dict[str, list[tuple[str, float, dict[int, float], float | None]]]:
+    """Per objective, per rung (by N): the mean validation top-1 of each layer over the trials
+    with ``probe_selection = search`` (at the rung's largest ``D_samples``) and the most often
+    chosen layer: ``{objective: [(rung, N, {layer index: val top-1}, best index), ...]}``."""
+    prefix = f"probe/{task}/layer/"
+    found: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if row.get("probe_selection") != "search" or f"probe/{task}/best_layer" not in row:
+            continue
+        found.setdefault((str(row.get("objective", "")), str(row.get("rung", ""))), []).append(row)
+    out: dict[str, list[tuple[str, float, dict[int, float], float | None]]] = {}
+    for (objective, rung), group in sorted(found.items()):
+        most = max(r.get("D_samples", 0) for r in group)
+        group = [r for r in group if r.get("D_samples", 0) == most]
+        curve: dict[int, list[float]] = {}
+        for r in group:
+            for key, value in r.items():
+                if key.startswith(prefix) and key.endswith("/val_top1"):
+                    curve.setdefault(int(key[len(prefix) :].split("/")[0]), []).append(value)
+        best = [r[f"probe/{task}/best_layer"] for r in group]
+        chosen = max(set(best), key=best.count) if best else None
+        mean = {i: float(np.mean(v)) for i, v in sorted(curve.items())}
+        out.setdefault(objective, []).append((rung, float(group[0].get("N", 0)), mean, chosen))
+    for entries in out.values():
+        entries.sort(key=lambda e: e[1])
+    return out
+
+
+def plot_layer_search(
+    rows: Sequence[dict], out_dir: str | Path, *, task: str, title: str
+) -> list[Path]:
+    """The layer-by-scale heat map of layer search: one panel per objective, one column per rung
+    (ordered by N), each layer a cell at its relative depth (0 = first feature layer, top = the
+    embedding) coloured by its probe-validation top-1; a dot marks the most often chosen layer.
+    Returns ``[layer_search_<task>.png]``, or ``[]`` when no trial searched layers."""
+    table = layer_search_table(rows, task)
+    if not table:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
+
+    values = [v for entries in table.values() for _, _, c, _ in entries for v in c.values()]
+    norm = Normalize(vmin=min(values), vmax=max(values))
+    cmap = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(
+        1, len(table), figsize=(2.2 + 2.4 * len(table), 4.2), dpi=120, squeeze=False
+    )
+    for ax, (objective, entries) in zip(axes[0], table.items(), strict=True):
+        for col, (_, _, curve, best) in enumerate(entries):
+            count = max(curve) + 1
+            for i, v in curve.items():
+                ax.bar(col, 1.0 / count, bottom=i / count, width=0.9, color=cmap(norm(v)))
+            if best is not None:
+                ax.plot(col, (best + 0.5) / count, "o", color="white", mec="black", ms=6)
+        ax.set_xticks(range(len(entries)))
+        ax.set_xticklabels([f"{r}\nN={n:,.0f}" for r, n, _, _ in entries], fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_title(objective, fontsize=9)
+        ax.set_ylabel("relative layer depth (top: embedding)")
+    fig.colorbar(
+        plt.cm.ScalarMappable(norm=norm, cmap=cmap),
+        ax=axes[0].tolist(),
+        shrink=0.8,
+        label=f"{task} probe top-1 on probe_val",
+    )
+    fig.suptitle(f"{title}: layer search, {task} (dot: chosen layer)", fontsize=10)
+    path = Path(out_dir) / f"layer_search_{task}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]

@@ -144,8 +144,10 @@ def render(
     issues: Sequence[str] = (),
     trial_columns: Sequence[str] | None = None,
     footnote: str = "",
+    layer_plots: Sequence[Path] = (),
 ) -> Path:
-    """Write ``out`` (report.html) next to its plots; return its path."""
+    """Write ``out`` (report.html) next to its plots; return its path. ``layer_plots``: the layer
+    search heat maps (a section of their own, only when trials searched layers)."""
     trial_cols = list(trial_columns or [])
     if not trial_cols:
         trial_cols = [
@@ -185,6 +187,19 @@ def render(
     images = "".join(
         f'<img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">' for p in plots
     )
+    layer_section = ""
+    if layer_plots:
+        layer_images = "".join(
+            f'<img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">' for p in layer_plots
+        )
+        layer_section = (
+            "<h2>Layer search</h2><p class=note>Trials with <code>probe_selection = search</code> "
+            "probe every layer and report the test metric of the (layer, C) chosen on the "
+            "probe-validation wells; each cell is a layer at its relative depth, coloured by its "
+            "validation top-1 (mean over seeds, at each rung's largest diet); a dot marks the "
+            "chosen layer. Their metrics are not comparable with last-layer trials "
+            f"(<code>probe_selection = last</code>).</p>{layer_images}"
+        )
     issue_list = "".join(f"<li>{html.escape(i)}</li>" for i in issues) or "<li>none</li>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>bioscale · {html.escape(study)}</title>
 <style>{_CSS}</style></head><body>
@@ -196,6 +211,7 @@ starts); bands are 95% bootstrap intervals (seeds resampled within each scale, r
 scale has one run); dashed lines extrapolate beyond the data; a star marks a forecast.</p>
 <h2>How each curve scales</h2><ul>{sentences}</ul>
 <h2>Curves</h2>{images}
+{layer_section}
 <h2>Fitted laws (95% intervals)</h2>{_table(ftable, columns)}
 <h2>Forecasts</h2><ul>{fc_items or "<li>none</li>"}</ul>
 <h2>Objective comparisons</h2>{_table(cmp_rows, list(cmp_rows[0])) if cmp_rows else "<p class=note>none: no two fitted curves differ only in objective.</p>"}

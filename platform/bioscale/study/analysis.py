@@ -143,6 +143,8 @@ def analyse(
             metric,
             metric.replace("/top1", "/top10"),
             "probe/moa/seen_compounds/top1",
+            "probe_selection",
+            "probe/moa/best_layer",
             "compute/flops",
             "perf/trial_seconds",
         ],
