@@ -280,3 +280,18 @@ def test_local_training_loop_runs_mae_and_probes(synth_manifest):
     for split in ("seen_compounds", "novel_compounds"):
         assert 0.0 <= final[f"probe/moa/{split}/top1"] <= 1.0
     assert final["compute/flops"] == pytest.approx(100.0 * final["train/samples_seen"])
+
+
+def test_the_wrapped_vit_embeds_and_exposes_layers_like_the_plain_vit():
+    from bioscale.eval.layers import extract_layers, layer_names
+
+    torch.manual_seed(0)
+    plain = get_rung("vit:debug").build((3, 16, 16))
+    net, _ = build("vit:debug", (3, 16, 16))
+    net.backbone.vit.load_state_dict(plain.state_dict())
+    assert layer_names(net.backbone) == [f"vit.{name}" for name in layer_names(plain)]
+    x = torch.rand(4, 3, 16, 16)
+    mine = extract_layers(net.backbone, [x])
+    theirs = extract_layers(plain, [x])
+    for a, b in zip(mine.values(), theirs.values(), strict=True):
+        assert torch.allclose(torch.from_numpy(a), torch.from_numpy(b), atol=1e-6)

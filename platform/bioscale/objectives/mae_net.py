@@ -103,7 +103,8 @@ class MaskedViT(nn.Module):
     """A timm ``VisionTransformer`` that also encodes visible patches only.
 
     ``forward(x)`` on a tensor is the ViT's own forward (the pooled class-token embedding the probes
-    use); on ``MaskedImages`` it returns ``EncodedPatches``. The wrapper adds no parameters.
+    use); on ``MaskedImages`` it returns ``EncodedPatches``. The wrapper adds no parameters; its
+    layers are the ViT's under ``vit.`` (``feature_layer_names``).
     """
 
     def __init__(self, vit: nn.Module) -> None:
@@ -122,6 +123,14 @@ class MaskedViT(nn.Module):
         self.patch = int(vit.patch_embed.patch_size[0])
         self.grid = tuple(int(g) for g in vit.patch_embed.grid_size)  # (rows, cols) of patches
         self.in_chans = int(vit.patch_embed.proj.in_channels)
+        self.num_prefix_tokens = vit.num_prefix_tokens  # the class token, for layer pooling
+
+    def feature_layer_names(self) -> list[str]:
+        """The ViT's feature layers (timm ``feature_info``: ``blocks.0`` …) as module paths of this
+        wrapper (``vit.blocks.0`` …), for evaluations that read intermediate layers."""
+        info = self.vit.feature_info
+        names = info.module_name() if hasattr(info, "module_name") else [f["module"] for f in info]
+        return [f"vit.{name}" for name in names]
 
     @property
     def num_patches(self) -> int:
