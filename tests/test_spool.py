@@ -111,3 +111,18 @@ def test_a_damaged_spool_line_is_named(store, tmp_path):
     with pytest.raises(Exception, match="line 2"):
         replay_spool(tracker, tmp_path, exp, parent, lambda m: None)
     assert spool_path(tmp_path).exists(), "nothing is deleted until it is written"
+
+
+def test_the_writer_survives_tune_pickling_its_callbacks(tmp_path):
+    from ray import cloudpickle as pickle
+
+    tracker = Tracker(default_uri(tmp_path), artifact_root=tmp_path / "art", retry_seconds=0.3)
+    exp = tracker.experiment("pickled")
+    parent = tracker.study_run(exp, "pickled", "sha")
+    writer = TrialWriter(tracker, exp, parent, progress=lambda m: None, pause_s=0.05)
+    copy = pickle.loads(pickle.dumps(writer))
+    with pytest.raises(RuntimeError):
+        copy.start("k", "n", {}, None)
+    _write_trial(writer, "k4", epochs=1)  # the original keeps working after being pickled
+    assert writer.close(spool_path(tmp_path), wait_s=30) == 0
+    assert [r.data.tags[TRIAL_KEY] for r in _trial_runs(tracker, exp)] == ["k4"]

@@ -67,6 +67,23 @@ class TrialWriter:
         self._thread = threading.Thread(target=self._drain, name="bioscale-mlflow", daemon=True)
         self._thread.start()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks into the experiment state; the copy is a record only (the
+        queue and the thread stay with the driver's writer)."""
+        state = self.__dict__.copy()
+        for live in ("_queue", "_lock", "_closing", "_give_up", "_thread"):
+            state.pop(live, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._closing.set()  # a copy takes no writes: the driver's writer does
+        self._give_up = threading.Event()
+        self._thread = threading.Thread(target=lambda: None)
+
     # --- what the callback calls -------------------------------------------------------------
     def start(self, key: str, name: str, params: dict[str, Any], run_id: str | None) -> None:
         self.submit({"op": "start", "key": key, "name": name, "params": params, "run_id": run_id})
