@@ -129,3 +129,12 @@ def test_gpu_hours_from_flops_and_device_peak():
     assert capacity.estimate(1e18, None, cluster=cluster).device == "H100"
     with pytest.raises(Exception, match="unknown device 'TPU9'"):
         capacity.estimate(1e18, ComputeBudget(gpu_hours=1, device="TPU9"))
+
+
+def test_streaming_trials_each_need_a_whole_leftover_cpu_for_ray_data():
+    # Ray Data shares the CPU the Train workers leave in whole CPUs among concurrent streams:
+    # two image trials of one 0.5-CPU worker on 2 CPUs leave 1 CPU, 0 each → run one at a time
+    half = ResourceSpec(cpus_per_worker=0.5, max_concurrent_trials=2, data_cpus_per_task=0.1)
+    assert capacity.check_fit(half, _cluster((2, 0, None))).concurrent_trials == 2
+    assert capacity.check_fit(half, _cluster((2, 0, None)), streaming=True).concurrent_trials == 1
+    assert capacity.check_fit(half, _cluster((3, 0, None)), streaming=True).concurrent_trials == 2

@@ -167,7 +167,11 @@ def _check_capacity(spec, study_plan, args: argparse.Namespace) -> None:
     from bioscale.study import capacity
 
     cluster = capacity.read_cluster(args.address) if args.address else None
-    fit = capacity.check_fit(spec.resources, cluster) if cluster else None
+    fit = (
+        capacity.check_fit(spec.resources, cluster, streaming=spec.data.kind != "profiles")
+        if cluster
+        else None
+    )
     if cluster is not None and fit is not None:
         cpus = sum(n.cpus for n in cluster.nodes)
         gpus = sum(n.gpus for n in cluster.nodes)

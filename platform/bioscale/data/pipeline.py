@@ -71,11 +71,14 @@ def _attach_labels(
 
 
 def read_parquet(paths, **kwargs):
-    """``ray.data.read_parquet`` through Ray Data's V1 Parquet reader. The V2 reader lists files
-    through footer-reader actors that each ask for one whole CPU: on a cluster whose CPUs are
-    mostly held by Train workers (two trials on two cores) that actor never schedules and the
-    trial waits for its data forever. V1 reads footers in the calling process and its read tasks
-    take the ``num_cpus`` given."""
+    """``ray.data.read_parquet`` through Ray Data's V1 Parquet reader, whose read tasks take the
+    ``num_cpus`` given and split a file into ``override_num_blocks`` blocks themselves.
+
+    Every task of a trial's data pipeline must ask for a fraction of a CPU: on a cluster whose
+    CPUs are mostly held by Train workers (two trials on two cores) a task that wants a whole one
+    never schedules and the trial waits for its data forever. The V2 reader lists files through
+    footer-reader actors that want one CPU each, and ``Dataset.repartition(n)``'s reduce tasks
+    want one too; neither is used here."""
     import ray.data
 
     ray.data.DataContext.get_current().use_datasource_v2 = False
@@ -86,8 +89,12 @@ def read_profiles(manifest: str | Path, *, num_blocks: int = 4, cpus_per_task: f
     """The manifest's ``sample_id`` and ``features`` columns as a Ray Dataset of ``num_blocks``
     blocks (a one-row-group file would otherwise be a single block, PLATFORM_NOTES)."""
 
-    ds = read_parquet(str(manifest), columns=["sample_id", FEATURES], num_cpus=cpus_per_task)
-    return ds.repartition(num_blocks)
+    return read_parquet(
+        str(manifest),
+        columns=["sample_id", FEATURES],
+        num_cpus=cpus_per_task,
+        override_num_blocks=num_blocks,
+    )
 
 
 def with_labels(
@@ -137,8 +144,9 @@ def read_sites(
     be ``MAP_DYE``: the expert map)."""
 
     columns = ["sample_id", *[f"path_{d}" for d in dyes]]
-    ds = read_parquet(str(manifest), columns=columns, num_cpus=cpus_per_task)
-    return ds.repartition(num_blocks)
+    return read_parquet(
+        str(manifest), columns=columns, num_cpus=cpus_per_task, override_num_blocks=num_blocks
+    )
 
 
 def decoded_sites(
@@ -211,7 +219,7 @@ def decoded_natural(
     from bioscale.data.natural import decode_natural
 
     keep = ["sample_id", "path_image", "path_map"]
-    rows = read_parquet(str(manifest), columns=keep, num_cpus=select_cpus).repartition(8)
+    rows = read_parquet(str(manifest), columns=keep, num_cpus=select_cpus, override_num_blocks=8)
     selected = select_rows(rows, sample_ids, labels, keep, cpus_per_task=select_cpus)
     decoded = selected.map_batches(
         decode_natural,

@@ -114,9 +114,10 @@ class FitReport:
         return not self.problems
 
 
-def _place_trial(free: list[list[float]], res: ResourceSpec) -> bool:
-    """Reserve one trial's worker bundles, its driver and one data task on ``free`` ([cpu, gpu]
-    per node), as Ray's placement strategies would; False (nothing reserved) if it cannot."""
+def _place_trial(free: list[list[float]], res: ResourceSpec, *, extras: bool = True) -> bool:
+    """Reserve one trial's worker bundles, its driver and one data task (``extras``) on ``free``
+    ([cpu, gpu] per node), as Ray's placement strategies would; False (nothing reserved) if it
+    cannot."""
     n, cpu, gpu = res.workers_per_trial, res.cpus_per_worker, res.gpus_per_worker
     trial = [row[:] for row in free]
     strategy = res.placement_strategy
@@ -141,7 +142,7 @@ def _place_trial(free: list[list[float]], res: ResourceSpec) -> bool:
             trial[candidates[0]][0] -= cpu
             trial[candidates[0]][1] -= gpu
             used.add(candidates[0])
-    for extra in (TRIAL_DRIVER_CPU, res.data_cpus_per_task):
+    for extra in (TRIAL_DRIVER_CPU, res.data_cpus_per_task) if extras else ():
         row = max(trial, key=lambda r: r[0])
         if row[0] + _EPS < extra:
             return False
@@ -150,8 +151,21 @@ def _place_trial(free: list[list[float]], res: ResourceSpec) -> bool:
     return True
 
 
-def check_fit(res: ResourceSpec, cluster: Cluster) -> FitReport:
-    """What of ``res`` fits ``cluster`` as it is now (an autoscaling cluster may grow)."""
+def _streams_fed(cluster: Cluster, trials: int, res: ResourceSpec) -> bool:
+    """Whether ``trials`` streaming trials each get CPU for their Ray Data tasks. Ray Data shares
+    the CPU left on each node after the Train workers' reservations among the concurrent
+    streaming executions in whole CPUs (an integer division), so where less than one CPU per
+    stream is left every stream gets none and its trial waits for data forever."""
+    free = [[n.cpus, n.gpus] for n in cluster.nodes]
+    for _ in range(trials):
+        if not _place_trial(free, res, extras=False):
+            return False
+    return sum(math.floor(row[0] / trials + _EPS) for row in free) >= 1
+
+
+def check_fit(res: ResourceSpec, cluster: Cluster, *, streaming: bool = False) -> FitReport:
+    """What of ``res`` fits ``cluster`` as it is now (an autoscaling cluster may grow).
+    ``streaming``: trials stream their training data (image kinds) while their workers train."""
     problems: list[str] = []
     notes: list[str] = []
     if not cluster.nodes:
@@ -177,6 +191,9 @@ def check_fit(res: ResourceSpec, cluster: Cluster) -> FitReport:
     concurrent = 0
     while concurrent < res.max_concurrent_trials and _place_trial(free, res):
         concurrent += 1
+    if streaming:
+        while concurrent > 1 and not _streams_fed(cluster, concurrent, res):
+            concurrent -= 1
     if concurrent == 0:
         total_cpu = sum(n.cpus for n in cluster.nodes)
         problems.append(

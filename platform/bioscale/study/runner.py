@@ -452,8 +452,9 @@ def _tune(
 def _concurrency(spec, address: str | None, progress: Progress) -> int:
     """How many trials to run at once: ``resources.max_concurrent_trials``, lowered on a local
     instance to what its CPUs can place with room left for Ray Data (more trials than that do not
-    fail, they starve each other's data tasks and hang). A cluster is only warned: its autoscaler
-    may add the nodes."""
+    fail, they starve each other's data tasks and hang; image trials stream their data and need a
+    whole leftover CPU each, ``capacity.check_fit``). A cluster is only warned: its autoscaler may
+    add the nodes."""
     import ray
 
     from bioscale.study import capacity
@@ -463,7 +464,10 @@ def _concurrency(spec, address: str | None, progress: Progress) -> int:
     if spec.data.kind != "profiles":
         data_cpus = max(data_cpus, spec.data.image.decode_cpus)
     cluster = capacity.Cluster.from_ray_nodes(address or "local", ray.nodes())
-    report = capacity.check_fit(replace(res, data_cpus_per_task=data_cpus), cluster)
+    streaming = spec.data.kind != "profiles"
+    report = capacity.check_fit(
+        replace(res, data_cpus_per_task=data_cpus), cluster, streaming=streaming
+    )
     wanted = res.max_concurrent_trials
     if report.concurrent_trials >= wanted:
         return wanted
@@ -478,7 +482,7 @@ def _concurrency(spec, address: str | None, progress: Progress) -> int:
     progress(
         f"running {report.concurrent_trials} trial(s) at a time, not "
         f"resources.max_concurrent_trials={wanted}: that is what this machine's "
-        f"{sum(n.cpus for n in cluster.nodes):g} CPUs place with {data_cpus:g} CPU left for Ray Data"
+        f"{sum(n.cpus for n in cluster.nodes):g} CPUs place with CPU left for their Ray Data tasks"
     )
     return report.concurrent_trials
 
