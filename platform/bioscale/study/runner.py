@@ -227,8 +227,6 @@ def _make_callback(
             self.last.setdefault(key, {}).update(result)
             if "node_ids" in result:
                 writer.tag(key, NODE_IDS, result["node_ids"])
-            for name, text in (result.get("artifacts") or {}).items():
-                writer.text(key, name, text)  # small text artifacts a trial reports by name
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             key = self._key(trial)
