@@ -59,10 +59,20 @@ class ImageSpec:
     normalise: Literal["percentile", "none"] = "percentile"
     decode_batch_size: int = 16
     decode_cpus: float = 0.5
+    #: a site whose TIFF cannot be read: ``error`` stops the trial naming the sample and file;
+    #: ``skip`` drops it from training, counts it (``train/skipped_samples``) and lists it in the
+    #: trial's ``skipped_samples.json`` artifact — up to ``max_skipped`` (a fraction of the
+    #: trial's training sites), past which the trial fails.
+    bad_samples: Literal["error", "skip"] = "error"
+    max_skipped: float = 0.01
 
     def __post_init__(self) -> None:
         if self.crop < 8 or self.crops_per_site < 1 or self.downsample < 1:
             raise ConfigError("data.image: crop >= 8, crops_per_site >= 1, downsample >= 1")
+        if not 0.0 <= self.max_skipped <= 1.0:
+            raise ConfigError(
+                "data.image.max_skipped is a fraction of the training sites, in [0, 1]"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
