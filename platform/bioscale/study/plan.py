@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import subprocess
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,18 @@ from bioscale.data.pipeline import manifest_has_maps
 from bioscale.data.splits import SampleIndex
 from bioscale.errors import ConfigError
 from bioscale.eval.probe import ProbeConfig
+from bioscale.eval.trial_alignment import (
+    MAP_EVALUATIONS,
+    AlignmentConfig,
+    check_data,
+    classifier_refusal,
+)
 from bioscale.objectives import registry as objectives
 from bioscale.objectives.base import Objective, Targets
 from bioscale.study.spec import ObjectiveSpec, StudySpec
 from bioscale.train.loop import LoopConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +77,8 @@ class Trial:
     loop: LoopConfig
     params: dict[str, Any]
     planned_samples: int
+    #: evaluations of the study's ``alignment:`` this trial skips, each with the reason
+    notes: tuple[str, ...] = ()
 
     @property
     def flops_total(self) -> float:
@@ -89,6 +100,8 @@ class StudyPlan:
     manifest: mf.ManifestInfo
     trials: list[Trial]
     dropped: list[tuple[GridPoint, str]]
+    #: runnable trials that skip some of the study's evaluations, with the reason
+    skipped: list[tuple[GridPoint, str]] = field(default_factory=list)
 
 
 def git_sha(cwd: str | Path | None = None) -> str:
@@ -235,6 +248,7 @@ def resolve(
 ) -> tuple[Trial, TrialData]:
     """Resolve one grid point into a runnable trial (sizes, budget, lr, key, params)."""
     data, num_classes = trial_data(index, point)
+    alignment, notes = trial_alignment(spec.alignment, point, num_classes)
     n_params, n_heads, family, flops = _size_and_flops(
         point.rung,
         input_shape,
@@ -264,18 +278,24 @@ def resolve(
         channels_last=spec.train.channels_last,
         compile=spec.train.compile,
         probe=spec.probe,
+        # workers run in other directories: dataset folders as absolute paths
+        alignment=alignment.resolved(Path.cwd()) if alignment is not None else None,
         flops_per_sample=flops,
     )
+    # evaluation settings are not part of a trial's identity: adding a task or changing a
+    # probe re-evaluates finished trials (``bioscale evaluate``) instead of retraining them
+    config = to_mapping(
+        replace(loop, flops_per_sample=0.0, report_interval_s=0.0, probe=ProbeConfig())
+    )
+    del config["alignment"]  # below, as written (keys do not depend on where the study runs)
     identity = {
         "point": point.as_dict(),
-        # evaluation settings are not part of a trial's identity: adding a task or changing a
-        # probe re-evaluates finished trials (``bioscale evaluate``) instead of retraining them
-        "config": to_mapping(
-            replace(loop, flops_per_sample=0.0, report_interval_s=0.0, probe=ProbeConfig())
-        ),
+        "config": config,
         "splits": asdict(spec.data.splits),
         "manifest_sha": info.sha,
     }
+    if alignment is not None:  # nothing re-runs these after the fact: they are part of the trial
+        identity["alignment"] = to_mapping(alignment)
     if spec.data.kind != "profiles":  # how pixels become tensors changes what a trial learns
         identity["image"] = asdict(spec.data.image)
     if spec.probe.selection != "last":  # a run's metrics are either last-layer or searched
@@ -305,10 +325,65 @@ def resolve(
     planned = max_samples if max_samples is not None else max_epochs * d_samples
     return (
         Trial(
-            index=position, point=point, key=key, loop=loop, params=params, planned_samples=planned
+            index=position,
+            point=point,
+            key=key,
+            loop=loop,
+            params=params,
+            planned_samples=planned,
+            notes=notes,
         ),
         data,
     )
+
+
+def trial_alignment(
+    alignment: AlignmentConfig | None, point: GridPoint, num_classes: dict[str, int]
+) -> tuple[AlignmentConfig | None, tuple[str, ...]]:
+    """The study's ``alignment:`` as one trial runs it: saliency and adversarial alignment are
+    skipped (with the reason) for objectives without a classifier head (``mae``)."""
+    if alignment is None:
+        return None, ()
+    needs_head = [n for n in MAP_EVALUATIONS if n in alignment.enabled()]
+    refusal = classifier_refusal(point.objective.name, num_classes) if needs_head else None
+    if refusal is None:
+        return alignment, ()
+    return alignment.without(needs_head), (f"{', '.join(needs_head)}: {refusal}",)
+
+
+def check_alignment(spec: StudySpec, manifest_path: str | Path) -> None:
+    """Before any compute: the manifest has the human maps saliency and adversarial alignment
+    compare with, every neural and 3D-PC folder is complete, and every rung has the neural
+    ``layers``. Relative folders are taken from the current directory."""
+    cfg = spec.alignment
+    if cfg is None:
+        return
+    maps = [n for n in MAP_EVALUATIONS if n in cfg.enabled()]
+    if maps and not manifest_has_maps(manifest_path):
+        raise ConfigError(
+            f"alignment.{maps[0]} needs images with human importance maps; manifest "
+            f"{manifest_path} has none (natural images: fill path_map, e.g. "
+            "`bioscale data import natural` with maps/; Cell Painting: a path_map column). "
+            f"Remove {', '.join(maps)} from alignment: or use a manifest with maps."
+        )
+    resolved = cfg.resolved(Path.cwd())
+    check_data(resolved)
+    layered = [(i, n) for i, n in enumerate(cfg.neural) if n.layers != "all"]
+    if layered:
+        import torch
+
+        from bioscale.eval.layers import resolve_layers
+        from bioscale.models.ladder import get_rung
+
+        crop = spec.data.image.crop
+        for rung in sorted({r for grid in spec.grids for r in grid.rung}):
+            with torch.device("meta"):  # layer names need no parameters
+                backbone = get_rung(rung).build((3, crop, crop))
+            for i, n in layered:
+                try:
+                    resolve_layers(backbone, n.layers)
+                except ValueError as err:
+                    raise ConfigError(f"alignment.neural[{i}].layers, rung {rung}: {err}") from None
 
 
 def inspect_manifest(spec: StudySpec, manifest_path: str | Path) -> mf.ManifestInfo:
@@ -398,6 +473,7 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
     input_shape = sample_shape(spec, info, manifest_path)
     index = load_index(spec, manifest_path)
     _check_probe_sets(index, spec)
+    check_alignment(spec, manifest_path)
     points, dropped = expand(spec)
     code = git_sha(Path(__file__).parent)
     has_maps = spec.data.kind != "profiles" and manifest_has_maps(manifest_path)
@@ -421,7 +497,10 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
             dropped.append((point, "the diet leaves no training samples for this objective"))
             continue
         trials.append(trial)
+        for note in trial.notes:
+            log.warning("%s: %s", point.describe(), note)
+    skipped = [(t.point, note) for t in trials for note in t.notes]
     if not trials:
         reasons = "; ".join(sorted({why for _, why in dropped})) or "the grid is empty"
         raise ConfigError(f"study {spec.name!r} has no runnable trial: {reasons}")
-    return StudyPlan(spec=spec, manifest=info, trials=trials, dropped=dropped)
+    return StudyPlan(spec=spec, manifest=info, trials=trials, dropped=dropped, skipped=skipped)

@@ -20,6 +20,7 @@ from bioscale.data.splits import SplitConfig
 from bioscale.data.synth import SynthProfilesConfig
 from bioscale.errors import ConfigError
 from bioscale.eval.probe import ProbeConfig
+from bioscale.eval.trial_alignment import AlignmentConfig
 from bioscale.train.rules import Budget, EarlyStopping, LRRule
 
 #: Evaluation task names a study's ``eval:`` may list (``bioscale.eval.tasks.TASKS``); omitted,
@@ -202,6 +203,9 @@ class StudySpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     eval: list[EvalTaskName] | None = None
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    #: biological alignment beside accuracy, run by every trial after its probes
+    #: (``bioscale.eval.trial_alignment``); ``None``: none.
+    alignment: AlignmentConfig | None = None
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
     budget: ComputeBudget | None = None
@@ -217,6 +221,7 @@ class StudySpec:
         _validate_names(self)
         _resolve_eval(self)
         _check_probe_layers(self)
+        _check_alignment_kind(self)
         allowed = {"rung", "diet", "objective", "seed"}
         for i, rule in enumerate(self.exclude):
             bad = set(rule) - allowed
@@ -290,6 +295,27 @@ def _resolve_eval(spec: StudySpec) -> None:
             f"(eval gives {list(tasks)}, probe.tasks {list(spec.probe.tasks)})"
         )
     object.__setattr__(spec, "probe", replace(spec.probe, tasks=tasks))
+
+
+def _check_alignment_kind(spec: StudySpec) -> None:
+    """``alignment:`` evaluations that cannot apply to the study's data kind fail at load."""
+    cfg = spec.alignment
+    if cfg is None:
+        return
+    kind = spec.data.kind
+    maps = [n for n in ("saliency", "adversarial") if n in cfg.enabled()]
+    if maps and kind == "profiles":
+        raise ConfigError(
+            f"alignment.{maps[0]} compares image gradients with human maps; data.kind 'profiles' "
+            "has no images (use data.kind natural, or cellpainting with a path_map column)"
+        )
+    stimuli = [n for n in ("neural", "threedpc") if n in cfg.enabled()]
+    if stimuli and kind != "natural":
+        raise ConfigError(
+            f"alignment.{stimuli[0]} shows the model RGB stimuli; it applies to natural-image "
+            f"studies (3-channel rungs), not data.kind {kind!r}"
+            + (" (Cell Painting rungs read the study's dye channels)" if kind != "profiles" else "")
+        )
 
 
 def _check_probe_layers(spec: StudySpec) -> None:

@@ -3,8 +3,9 @@
 It owns the optimisation (AdamW, weight decay once via parameter groups, the budget, early
 stopping on the validation subset of training wells, checkpoint and resume); the objective only
 returns named loss terms. After training it restores the best weights, embeds the fixed probe
-sets with the frozen backbone and fits the probes. Every rank reports the same number of times;
-only rank 0's metrics carry content.
+sets with the frozen backbone and fits the probes, then runs the study's biological-alignment
+evaluations (``bioscale.eval.trial_alignment``). Every rank reports the same number of times; only
+rank 0's metrics carry content.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 from bioscale.eval.layer_search import CURVES_ARTIFACT, layer_curves, layers_of
 from bioscale.eval.probe import ProbeConfig
 from bioscale.eval.tasks import evaluate as evaluate_probe_rows
+from bioscale.eval.trial_alignment import AlignmentConfig, run_alignment
 from bioscale.models.ladder import get_rung
 from bioscale.objectives import registry as objectives
 from bioscale.train.context import TrainContext
@@ -54,6 +56,7 @@ class LoopConfig:
     report_interval_s: float = 10.0
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     probe_task: str = "moa"
+    alignment: AlignmentConfig | None = None
     flops_per_sample: float = 0.0
     precision: Precision = "auto"
     channels_last: bool = True
@@ -298,6 +301,14 @@ def run(
         final["val/best_loss"] = (
             state["best_val"] if math.isfinite(state["best_val"]) else float("nan")
         )
+        if cfg.alignment is not None:  # saliency/adversarial read the held-out ``val`` images
+            final |= run_alignment(
+                net,
+                cfg.alignment,
+                held_out=lambda: ctx.eval_batches("val"),
+                device=ctx.device,
+                image_size=cfg.input_shape[-1],
+            )
     _report_with_checkpoint(ctx, final, net, optimizer, state, best_weights)
     return final
 
