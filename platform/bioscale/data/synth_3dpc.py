@@ -175,6 +175,8 @@ def generate_3dpc(cfg: Synth3DPCConfig, out_dir: str | Path) -> Path:
     splits = {"train": cfg.train, "val": cfg.val, "test": cfg.test, "human": cfg.human}
     for task in cfg.tasks:
         for split, per_class in splits.items():
+            if per_class == 0:  # no folder: an empty split folder is an invalid task folder
+                continue
             for label in (0, 1):
                 folder = out / task / split / str(label)
                 folder.mkdir(parents=True, exist_ok=True)

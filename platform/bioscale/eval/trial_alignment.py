@@ -285,9 +285,8 @@ def run_alignment(
         elif name == "neural":
             with torch.no_grad():
                 out |= _neural(net.backbone, cfg.neural, device, image_size)
-        else:
-            with torch.no_grad():
-                out |= _threedpc(net.backbone, cfg.threedpc, device, image_size)
+        else:  # embeds without gradients; the probe itself trains
+            out |= _threedpc(net.backbone, cfg.threedpc, device, image_size)
         out[f"perf/eval_{name}_seconds"] = time.perf_counter() - start
     net.train(was_training)
     return out

@@ -185,6 +185,12 @@ def report_table(
             cuts its best observed error by 10% (``report.default_target``).
         The rest as in ``fit_table``; ``group`` columns missing from the table are ignored.
     """
+    from bioscale.scaling.alignment import (
+        accuracy_column,
+        alignment_columns,
+        describe_trends,
+        plot_alignment,
+    )
     from bioscale.scaling.plots import plot_fits, plot_layer_search
     from bioscale.scaling.report import default_target, render
 
@@ -237,6 +243,12 @@ def report_table(
     parts = metric.split("/")
     task = parts[1] if parts[0] == "probe" and len(parts) > 2 else None
     layer_plots = plot_layer_search(rows, out_dir, task=task, title=title) if task else []
+    # biological alignment beside accuracy: per objective, against N
+    aligned = alignment_columns(rows)
+    align_plots = plot_alignment(rows, out_dir, metric=metric, title=title)
+    align_accuracy = accuracy_column(rows, metric)
+    if trial_columns is not None and aligned:
+        trial_columns = [*trial_columns, *(c for c in aligned if c not in trial_columns)]
     fits_json = write_json(
         {"fits": [f.to_json() for f in fits], "issues": issues}, out_dir / "fits.json"
     )
@@ -259,12 +271,15 @@ def report_table(
         trial_columns=trial_columns,
         footnote=footnote,
         layer_plots=layer_plots,
+        alignment_plots=align_plots,
+        alignment_trends=describe_trends(rows, aligned),
+        alignment_accuracy=align_accuracy,
     )
     return Report(
         report=report,
         fits_json=fits_json,
         forecasts_json=forecasts_json,
-        plots=plots + layer_plots,
+        plots=plots + layer_plots + align_plots,
         fits=fits,
         forecasts=forecasts,
         comparisons=comparisons,

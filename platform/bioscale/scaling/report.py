@@ -145,9 +145,16 @@ def render(
     trial_columns: Sequence[str] | None = None,
     footnote: str = "",
     layer_plots: Sequence[Path] = (),
+    alignment_plots: Sequence[Path] = (),
+    alignment_trends: Sequence[str] = (),
+    alignment_accuracy: str | None = None,
 ) -> Path:
     """Write ``out`` (report.html) next to its plots; return its path. ``layer_plots``: the layer
-    search heat maps (a section of their own, only when trials searched layers)."""
+    search heat maps (a section of their own, only when trials searched layers).
+    ``alignment_plots`` / ``alignment_trends``: accuracy against biological alignment per objective
+    and one sentence per objective on alignment against N (``bioscale.scaling.alignment``; a
+    section only when trials logged alignment metrics), ``alignment_accuracy`` the accuracy
+    column the plots use."""
     trial_cols = list(trial_columns or [])
     if not trial_cols:
         trial_cols = [
@@ -200,6 +207,24 @@ def render(
             "chosen layer. Their metrics are not comparable with last-layer trials "
             f"(<code>probe_selection = last</code>).</p>{layer_images}"
         )
+    alignment_section = ""
+    if alignment_plots or alignment_trends:
+        align_images = "".join(
+            f'<img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
+            for p in alignment_plots
+        )
+        trend_items = "".join(f"<li>{html.escape(t)}</li>" for t in alignment_trends)
+        accuracy = html.escape(alignment_accuracy or "no probe accuracy logged")
+        alignment_section = (
+            "<h2>Biological alignment beside accuracy</h2><p class=note>Per objective, "
+            f"<code>{accuracy}</code> against each alignment metric the trials logged "
+            "(<code>align/*</code>: importance maps vs human maps; <code>adv/*</code>: minimal "
+            "L2 attack and its alignment; <code>neural/&lt;dataset&gt;/score</code>: neural "
+            "predictivity; <code>probe/3dpc_&lt;task&gt;/test/acc</code>: 3D-PC probes); each "
+            "point a trial coloured by N, the line joins the means of each N in order of N. "
+            "Trends are Spearman ρ between N and the metric over the objective's trials.</p>"
+            f"<ul>{trend_items}</ul>{align_images}"
+        )
     issue_list = "".join(f"<li>{html.escape(i)}</li>" for i in issues) or "<li>none</li>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>bioscale · {html.escape(study)}</title>
 <style>{_CSS}</style></head><body>
@@ -212,6 +237,7 @@ scale has one run); dashed lines extrapolate beyond the data; a star marks a for
 <h2>How each curve scales</h2><ul>{sentences}</ul>
 <h2>Curves</h2>{images}
 {layer_section}
+{alignment_section}
 <h2>Fitted laws (95% intervals)</h2>{_table(ftable, columns)}
 <h2>Forecasts</h2><ul>{fc_items or "<li>none</li>"}</ul>
 <h2>Objective comparisons</h2>{_table(cmp_rows, list(cmp_rows[0])) if cmp_rows else "<p class=note>none: no two fitted curves differ only in objective.</p>"}
