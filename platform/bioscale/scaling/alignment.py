@@ -121,8 +121,15 @@ def plot_alignment(
         if not panels:
             continue
         fig, axes = plt.subplots(
-            1, len(panels), figsize=(1.0 + 3.4 * len(panels), 3.6), dpi=120, squeeze=False
+            1,
+            len(panels),
+            figsize=(1.6 + 3.2 * len(panels), 3.8),
+            dpi=120,
+            squeeze=False,
+            sharey=True,
+            layout="constrained",
         )
+        axes[0][0].set_ylabel(accuracy, fontsize=8)
         for ax, column in zip(axes[0], panels, strict=True):
             pts = [
                 (float(r["N"]), float(r[column]), float(r[accuracy]))
@@ -146,7 +153,6 @@ def plot_alignment(
             trend = f"ρ(N) = {rho:+.2f}, n = {count}" if not math.isnan(rho) else f"n = {count}"
             ax.set_title(f"{column}\n{trend}", fontsize=8)
             ax.set_xlabel(column, fontsize=8)
-            ax.set_ylabel(accuracy, fontsize=7)
             ax.grid(True, alpha=0.3)
         fig.colorbar(
             plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), label="N (parameters)"
