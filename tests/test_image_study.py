@@ -15,6 +15,14 @@ def image_study(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("images")
     # 4 MoAs × 3 compounds + 4 extra, 2 plates × 2 sites per well, 64 px sites with expert maps
     manifest = generate_images(SynthImagesConfig(size=64, cell_radius=10.0), out / "data").manifest
+    # one site of a seen compound is damaged on disk: the trials skip it and say so
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(manifest).to_pylist()
+    bad = next(r for r in rows if r["group"] == "seen")
+    dye_path = next(v for k, v in bad.items() if k.startswith("path_") and k != "path_map" and v)
+    with open(dye_path, "wb") as fh:
+        fh.write(b"not a tiff")
     spec = StudySpec.from_dict(
         {
             "name": "pytest-images",
@@ -27,6 +35,8 @@ def image_study(ray_local, tmp_path_factory):
                     "crops_per_site": 2,
                     "decode_batch_size": 8,
                     "decode_cpus": 0.25,
+                    "bad_samples": "skip",
+                    "max_skipped": 0.2,
                 },
             },
             "grids": [
@@ -45,13 +55,13 @@ def image_study(ray_local, tmp_path_factory):
         }
     )
     result = run_study(spec, out / "run", progress=lambda m: None)
-    return spec, result
+    return spec, result, bad["sample_id"]
 
 
 def test_image_trial_trains_from_decoded_crops_and_logs_like_profiles(image_study):
     from bioscale.study.tracking import Tracker
 
-    _, result = image_study
+    _, result, _ = image_study
     assert result.failed == 0 and result.finished == 2
     runs = {
         r.data.params["objective"]: r
@@ -63,11 +73,27 @@ def test_image_trial_trains_from_decoded_crops_and_logs_like_profiles(image_stud
     metrics = run.data.metrics
     assert 0.0 <= metrics["probe/moa/novel_compounds/top1"] <= 1.0
     assert metrics["compute/flops"] > 0 and metrics["train/loss"] > 0
-    # 2 random crops per site per pass
+    # 2 random crops per site per pass, over 2 epochs (less the damaged site if it was a
+    # training site rather than a probe one)
     d = int(run.data.params["D_samples"])
-    assert metrics["train/samples_seen"] == pytest.approx(2 * 2 * d)
+    assert metrics["train/samples_seen"] in (2 * 2 * d, 2 * 2 * (d - 1))
     # the synthetic screen's expert maps reach the harmonizer through the same crops
     assert runs["harmonized"].data.metrics["train/align"] > 0
+
+
+def test_an_unreadable_site_is_skipped_counted_and_listed(image_study):
+    import json
+
+    from bioscale.study.tracking import Tracker
+
+    _, result, bad_site = image_study
+    tracker = Tracker(result.tracking_uri)
+    for run in tracker.runs(result.experiment_id, "trial"):
+        assert run.data.metrics["train/skipped_samples"] == 1
+        listed = tracker.client.download_artifacts(run.info.run_id, "skipped_samples.json")
+        with open(listed) as fh:
+            skipped = json.load(fh)
+        assert list(skipped) == [bad_site] and bad_site in skipped[bad_site]
 
 
 def test_plan_rejects_a_profile_manifest_for_an_image_study(synth_manifest):

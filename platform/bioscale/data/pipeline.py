@@ -165,14 +165,15 @@ def decoded_sites(
     cpus_per_task: float,
     select_cpus: float = 0.25,
     with_maps: bool = False,
+    skips=None,
 ):
     """Selected sites → decoded crops ``{"x": (C, crop, crop) float32, <label>: int64}``, streamed.
 
     Rows are selected (and labelled) before any pixel is read; decoding runs in parallel
     ``map_batches`` tasks of ``batch_size`` sites. A site that cannot be read stops the trial
-    with the sample and file named (``bad_sample_policy: error``). ``with_maps`` decodes the
-    expert map as one more channel, so it gets exactly the image's crops, then splits it off as
-    ``map``/``has_map``.
+    with the sample and file named; with ``skips`` (a :class:`SkipLedger` actor) it is dropped
+    instead and recorded there. ``with_maps`` decodes the expert map as one more channel, so it
+    gets exactly the image's crops, then splits it off as ``map``/``has_map``.
     """
     dyes = [*dyes, MAP_DYE] if with_maps else list(dyes)
     from bioscale.data.images import decode_batch
@@ -192,13 +193,53 @@ def decoded_sites(
             "downsample": downsample,
             "rng": seed,
             "normalise": normalise,
-            "bad_sample_policy": "error",
+            "bad_sample_policy": "error" if skips is None else "skip",
         },
     )
+    if skips is not None:
+        decoded = decoded.map_batches(
+            _drop_bad, batch_format="numpy", num_cpus=select_cpus, fn_kwargs={"skips": skips}
+        )
     if with_maps:
         decoded = decoded.map_batches(_split_map, batch_format="numpy", num_cpus=select_cpus)
         return decoded.select_columns(["x", "map", "has_map", *labels])
     return decoded.select_columns(["x", *labels])
+
+
+class SkipLedger:
+    """The sites a trial's decode tasks could not read (``bad_samples: skip``), collected from
+    every task; a Ray actor that takes no CPU (``skip_ledger``)."""
+
+    def __init__(self) -> None:
+        self.bad: dict[str, str] = {}
+
+    def add(self, entries: list[tuple[str, str]]) -> None:
+        for sample_id, error in entries:
+            self.bad.setdefault(sample_id, error)
+
+    def entries(self) -> dict[str, str]:
+        return dict(self.bad)
+
+
+def skip_ledger():
+    """A fresh :class:`SkipLedger` actor (0 CPU, so it never competes with a trial's data)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(SkipLedger).remote()
+
+
+def _drop_bad(batch: dict[str, np.ndarray], *, skips) -> dict[str, np.ndarray]:
+    """Drop the crops of sites that failed to decode and record them in the ledger."""
+    ok = batch.pop("ok")
+    errors = batch.pop("error")
+    if not ok.all():
+        bad = {
+            str(s): str(e)
+            for s, e, good in zip(batch["sample_id"], errors, ok, strict=True)
+            if not good
+        }
+        skips.add.remote(sorted(bad.items()))
+    return {name: values[ok] for name, values in batch.items()}
 
 
 def decoded_natural(

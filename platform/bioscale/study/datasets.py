@@ -24,9 +24,11 @@ from bioscale.study.spec import StudySpec
 
 
 def trial_datasets(
-    spec: StudySpec, manifest: str, index: SampleIndex, data: TrialData
+    spec: StudySpec, manifest: str, index: SampleIndex, data: TrialData, skips=None
 ) -> dict[str, Any]:
-    """``{"train": streamed or materialised, "val": materialised, "probe": materialised}``."""
+    """``{"train": streamed or materialised, "val": materialised, "probe": materialised}``.
+    ``skips``: a ``SkipLedger`` actor that unreadable image sites are dropped into
+    (``data.image.bad_samples: skip``)."""
     res = spec.resources
     ids = index.sample_id
     sets = (("train", data.train), ("val", data.val), ("probe", data.probe))
@@ -90,6 +92,7 @@ def trial_datasets(
                 cpus_per_task=image.decode_cpus,
                 select_cpus=res.data_cpus_per_task,
                 with_maps=with_maps,
+                skips=skips,
             )
             datasets[name] = ds if training else ds.materialize()
     return datasets

@@ -5,6 +5,7 @@ each a Ray Train ``TorchTrainer`` fed by Ray Data) → MLflow, logged only from 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -157,7 +158,12 @@ def _trial_fn(config: dict[str, Any]) -> None:
     data, _ = trial_data(index, GridPoint.from_dict(payload["point"]))
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = trial_datasets(spec, manifest, index, data)
+    skips = None
+    if spec.data.kind == "cellpainting" and spec.data.image.bad_samples == "skip":
+        from bioscale.data.pipeline import skip_ledger
+
+        skips = skip_ledger()
+    datasets = trial_datasets(spec, manifest, index, data, skips=skips)
     use_gpu = res.gpus_per_worker > 0
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if use_gpu else {})
     trainer = TorchTrainer(
@@ -184,7 +190,28 @@ def _trial_fn(config: dict[str, Any]) -> None:
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    ray.tune.report({"perf/trial_seconds": time.perf_counter() - t0, "trial_complete": 1})
+    closing: dict[str, Any] = {}
+    if skips is not None:
+        closing = _skipped(ray.get(skips.entries.remote()), len(data.train.rows), spec)
+    ray.tune.report({"perf/trial_seconds": time.perf_counter() - t0, "trial_complete": 1} | closing)
+
+
+#: The trial artifact listing the image sites ``bad_samples: skip`` dropped (sample id → error).
+SKIPPED_ARTIFACT = "skipped_samples.json"
+
+
+def _skipped(entries: dict[str, str], n_train: int, spec: StudySpec) -> dict[str, Any]:
+    """What a trial reports of the sites it skipped; past ``max_skipped`` the trial fails."""
+    limit = spec.data.image.max_skipped * n_train
+    if len(entries) > limit:
+        first = "; ".join(f"{k}: {v}" for k, v in sorted(entries.items())[:3])
+        raise BioscaleError(
+            f"{len(entries)} image sites could not be read, more than data.image.max_skipped="
+            f"{spec.data.image.max_skipped:g} of the trial's {n_train} training sites (first: "
+            f"{first}). Fix the files (`bioscale data check` lists every bad one) or raise "
+            "max_skipped."
+        )
+    return {"train/skipped_samples": len(entries), SKIPPED_ARTIFACT: json.dumps(entries)}
 
 
 def _make_callback(
@@ -239,6 +266,8 @@ def _make_callback(
             writer.metrics(
                 key, {"perf/overhead_seconds": overhead}, step=int(last.get("train/epochs", 0))
             )
+            if last.get(SKIPPED_ARTIFACT):
+                writer.text(key, SKIPPED_ARTIFACT, last[SKIPPED_ARTIFACT])
             if CURVES_ARTIFACT in last:  # layer search: the per-layer validation curves
                 writer.text(key, CURVES_ARTIFACT, last[CURVES_ARTIFACT])
             writer.finish(key, "FINISHED")
