@@ -228,6 +228,8 @@ def format_plan(study_plan) -> str:
     ]
     for point, why in study_plan.dropped:
         lines.append(f"dropped: {point.describe()} — {why}")
+    for point, why in study_plan.skipped:
+        lines.append(f"evaluation skipped: {point.describe()} — {why}")
     return "\n".join(lines)
 
 
