@@ -109,3 +109,20 @@ def test_evaluate_names_an_unknown_run(tmp_path, ray_local, capsys):
     code = main(["evaluate", str(study_file), "--out", str(tmp_path / "o"), "--run", "nope"])
     assert code == 2
     assert "no FINISHED trial run nope" in capsys.readouterr().err
+
+
+def test_final_checkpoint_is_found_under_a_storage_uri_and_fetched(tmp_path):
+    from bioscale.eval.extract import STATE_FILE, final_checkpoint, trial_folder
+
+    folder = trial_folder(tmp_path / "out", "ab" * 32, storage=(tmp_path / "bucket").as_uri())
+    assert folder.startswith("file://") and folder.endswith("/trial-" + "ab" * 8)
+    local_root = tmp_path / "bucket" / f"trial-{'ab' * 8}"
+    for n, payload in ((1, b"first"), (2, b"final")):
+        (local_root / f"checkpoint_00000{n}").mkdir(parents=True)
+        (local_root / f"checkpoint_00000{n}" / STATE_FILE).write_bytes(payload)
+    (local_root / "checkpoint_000003").mkdir()  # written but never finished: no state file
+    fetched = final_checkpoint(folder, cache=tmp_path / "cache")
+    assert fetched.name == "checkpoint_000002" and (fetched / STATE_FILE).read_bytes() == b"final"
+    assert final_checkpoint(local_root) == local_root / "checkpoint_000002"
+    with pytest.raises(FileNotFoundError, match="no checkpoint_"):
+        final_checkpoint(trial_folder(tmp_path / "out", "cd" * 32))

@@ -17,25 +17,51 @@ import numpy as np
 STATE_FILE = "state.pt"
 
 
-def trial_folder(out_dir: str | Path, trial_key: str) -> Path:
-    """A trial's Ray Train folder in a study's output folder (named by the runner)."""
-    return Path(out_dir) / "ray_results" / f"trial-{trial_key[:16]}"
+def trial_folder(out_dir: str | Path, trial_key: str, storage: str | None = None) -> str:
+    """A trial's Ray Train folder (named by the runner): under the study's ``storage:`` (a path
+    or an ``s3://``/``gs://`` URI) when it has one, else under ``<out>/ray_results``."""
+    root = storage.rstrip("/") if storage else str(Path(out_dir) / "ray_results")
+    return f"{root}/trial-{trial_key[:16]}"
 
 
-def final_checkpoint(folder: str | Path) -> Path:
-    """The last ``checkpoint_*`` folder of a trial (the final report's: best weights restored).
+def final_checkpoint(folder: str | Path, cache: str | Path | None = None) -> Path:
+    """The last ``checkpoint_*`` folder of a trial (the final report's: best weights restored),
+    as a local folder: one in object storage is downloaded into ``cache`` (a temporary folder
+    by default) first.
 
     Raises:
         FileNotFoundError: naming the folder, when it holds no checkpoint.
     """
-    folder = Path(folder)
-    found = sorted(p for p in folder.glob("checkpoint_*") if (p / STATE_FILE).is_file())
+    import pyarrow.fs as pafs
+
+    location = str(folder)
+    fs, root = pafs.FileSystem.from_uri(location if "://" in location else str(Path(location)))
+    info = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    names = sorted(i.base_name for i in info if i.type == pafs.FileType.Directory)
+    found = [
+        n
+        for n in names
+        if n.startswith("checkpoint_")
+        and fs.get_file_info(f"{root}/{n}/{STATE_FILE}").type == pafs.FileType.File
+    ]
     if not found:
         raise FileNotFoundError(
-            f"no checkpoint_*/{STATE_FILE} under {folder}: the trial's Ray Train folder is "
-            "missing (another --out?) or the trial never reported its final checkpoint"
+            f"no checkpoint_*/{STATE_FILE} under {location}: the trial's Ray Train folder is "
+            "missing (another --out or storage:?) or the trial never reported its final checkpoint"
         )
-    return found[-1]
+    if "://" not in location:
+        return Path(root) / found[-1]
+    import tempfile
+
+    local = Path(cache or tempfile.mkdtemp(prefix="bioscale-ckpt-")) / found[-1]
+    local.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(
+        f"{root}/{found[-1]}/{STATE_FILE}",
+        str(local / STATE_FILE),
+        source_filesystem=fs,
+        destination_filesystem=pafs.LocalFileSystem(),
+    )
+    return local
 
 
 def load_weights(checkpoint: str | Path) -> dict[str, Any]:
