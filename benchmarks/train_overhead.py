@@ -1,7 +1,7 @@
 """What bioscale's training path costs over a bare PyTorch loop on the same model, batch and data.
 
-    python benchmarks/train_overhead.py [--rungs mlp:w1024-l9,mlp:w256-l3] [--epochs 6]
-                                        [--batch-size 256] [--precision fp32|bf16] [--json]
+    python benchmarks/train_overhead.py [--model mlp:w1024-l9,mlp:w256-l3] [--epochs 6]
+                                        [--batch-size 256] [--precision fp32,bf16] [--json]
 
 (a) bare: the rung's backbone + a linear head, AdamW, every batch read from the manifest into memory
 first, no Ray. (b) bioscale: the same model, batch size and number of epochs as a one-trial study
@@ -111,10 +111,14 @@ def bioscale_trial(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rungs", default="mlp:w1024-l9,mlp:w256-l3")
+    parser.add_argument(
+        "--rungs", "--model", default="mlp:w1024-l9,mlp:w256-l3", help="rung(s), comma-separated"
+    )
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument(
+        "--precision", default="fp32", help="fp32, bf16, or both comma-separated (fp32,bf16)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -127,7 +131,11 @@ def main() -> None:
         tmp = Path(tmp)
         manifest = generate_profiles(SynthProfilesConfig(), tmp / "data")
         rows = []
-        for rung in args.rungs.split(","):
+        for rung, precision in [
+            (r, p) for r in args.rungs.split(",") for p in args.precision.split(",")
+        ]:
+            if precision not in ("fp32", "bf16"):
+                parser.error(f"--precision {precision!r}: choose fp32 or bf16")
             # the trial's exact training rows (the IBP diet), so both loops see the same data
             spec = StudySpec.from_dict(
                 {
@@ -142,20 +150,20 @@ def main() -> None:
             ids, x = mf.read_features(manifest, list(index.sample_id[data.train.rows]))
             y = data.train.columns["y"]
             bare, step_ms = bare_loop(
-                rung, x, y, batch_size=args.batch_size, epochs=args.epochs, precision=args.precision
+                rung, x, y, batch_size=args.batch_size, epochs=args.epochs, precision=precision
             )
             trial = bioscale_trial(
                 rung,
                 manifest,
-                tmp,
+                tmp / precision,
                 batch_size=args.batch_size,
                 epochs=args.epochs,
-                precision=args.precision,
+                precision=precision,
                 d_samples=len(ids),
             )
             row = {
                 "rung": rung,
-                "precision": args.precision,
+                "precision": precision,
                 "bare_samples_per_s": bare,
                 "bioscale_samples_per_s": trial["samples_per_s"],
                 "bare_step_ms": step_ms,
@@ -174,7 +182,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{'rung':<14}{'bare/s':>10}{'bioscale/s':>12}{'ratio':>8}{'step ms':>9}{'fixed s':>9}")
+    print(
+        f"{'rung':<14}{'prec':>5}{'bare/s':>10}{'bioscale/s':>12}{'ratio':>8}{'step ms':>9}"
+        f"{'fixed s':>9}"
+    )
     for r in rows:
         ratio = (
             f"{r['ratio']:.2f}"
@@ -182,7 +193,8 @@ def main() -> None:
             else f"+{r['overhead_ms_per_batch']:.1f}ms"
         )
         print(
-            f"{r['rung']:<14}{r['bare_samples_per_s']:>10.0f}{r['bioscale_samples_per_s']:>12.0f}"
+            f"{r['rung']:<14}{r['precision']:>5}{r['bare_samples_per_s']:>10.0f}"
+            f"{r['bioscale_samples_per_s']:>12.0f}"
             f"{ratio:>8}{r['bare_step_ms']:>9.1f}{r['fixed_overhead_s']:>9.1f}"
         )
 
