@@ -55,6 +55,8 @@ class SampleIndex:
     moa: np.ndarray
     target: np.ndarray
     role: np.ndarray
+    #: ``compound | orf | crispr | control`` (natural images: ``image``)
+    perturbation_type: np.ndarray | None = None
 
     @classmethod
     def from_table(cls, table: pa.Table, splits: SplitConfig) -> SampleIndex:
@@ -71,6 +73,7 @@ class SampleIndex:
                 "group",
                 "moa",
                 "target",
+                "perturbation_type",
             )
         }
         keys = np.array(
@@ -92,6 +95,7 @@ class SampleIndex:
             moa=col["moa"],
             target=col["target"],
             role=roles,
+            perturbation_type=col["perturbation_type"],
         )
 
     def __len__(self) -> int:

@@ -10,6 +10,16 @@ and ``novel`` compounds (stratified), compounds of unlabelled mechanisms are ``e
 Layout: every plate holds one replicate of every compound plus ``controls_per_plate`` DMSO
 wells, so a compound has ``n_sources · batches_per_source · plates_per_batch`` replicates, each on
 another plate — the replicate-plate design of JUMP. Deterministic from ``seed``.
+
+Genetic perturbations (opt-in, ``n_genes > 0``; off by default so existing screens are byte for
+byte unchanged): ``n_genes`` genes, each the target of the compounds of one labelled MoA (MoAs
+spread over the list), get one ORF and one CRISPR well per plate (``perturbation_type`` ``orf`` /
+``crispr``, the gene symbol in ``target``, no MoA). The CRISPR knockout phenocopies the gene's
+inhibitors (``genetic_effect`` × the MoA's centre plus a gene-specific offset), the ORF
+overexpression moves the opposite way (−``genetic_effect`` × the centre, its own offset), so the
+``genetic`` evaluation task has signal against the controls and between the two. Genetic wells
+are in group ``novel``: no objective ever trains on them (the evaluation is a transfer from
+compounds, as in Pheno-CA).
 """
 
 from __future__ import annotations
@@ -52,16 +62,35 @@ class SynthProfilesConfig:
     plate_effect: float = 1.0
     batch_effect: float = 1.0
     source_gain: float = 0.15
+    #: genes with one ORF and one CRISPR well per plate (0: none; see the module docstring)
+    n_genes: int = 0
+    #: size of a genetic perturbation's phenotype, in units of its MoA's centre
+    genetic_effect: float = 1.0
 
     def __post_init__(self) -> None:
-        wells = self.n_moa * self.compounds_per_moa + self.n_extra + self.controls_per_plate
+        wells = (
+            self.n_moa * self.compounds_per_moa
+            + self.n_extra
+            + self.controls_per_plate
+            + 2 * self.n_genes
+        )
         if wells > 384:
             raise ValueError(f"{wells} wells per plate do not fit a 384-well plate")
         if self.n_moa < 2 or self.compounds_per_moa < 2:
             raise ValueError("need at least 2 MoAs with at least 2 compounds each")
+        if not 0 <= self.n_genes <= self.n_moa:
+            raise ValueError(f"n_genes must be in [0, n_moa={self.n_moa}], got {self.n_genes}")
+
+    def as_dict(self) -> dict:
+        """The config's fields, without the genetic ones while they are off (so screens made
+        before genetic wells existed keep their fingerprint)."""
+        out = asdict(self)
+        if self.n_genes == 0:
+            del out["n_genes"], out["genetic_effect"]
+        return out
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _inchikey(rng: np.random.Generator) -> str:
@@ -114,6 +143,8 @@ def generate_profiles(cfg: SynthProfilesConfig, out_dir: str | Path) -> Path:
         controls={CONTROL_ID},
         novel_fraction=cfg.novel_fraction,
     )
+    genetic = _genetic_perturbations(cfg, compounds, centres)
+    groups |= {g["id"]: "novel" for g in genetic}  # held out of every objective
 
     # Fixed "biology → features" map: latent (k) → hidden (4k, GELU-like) → features.
     w1 = rng.normal(size=(cfg.latent_dim, 4 * cfg.latent_dim)) / np.sqrt(cfg.latent_dim)
@@ -136,6 +167,7 @@ def generate_profiles(cfg: SynthProfilesConfig, out_dir: str | Path) -> Path:
                 plates.append((f"source_{s + 1}", f"batch_{s + 1}_{b + 1}", plate))
                 layout = [(c["id"], c) for c in compounds]
                 layout += [(CONTROL_ID, None)] * cfg.controls_per_plate
+                layout += [(g["id"], g) for g in genetic]
                 order = rng.permutation(len(layout))
                 for w, j in enumerate(order):
                     cid, c = layout[j]
@@ -151,9 +183,10 @@ def generate_profiles(cfg: SynthProfilesConfig, out_dir: str | Path) -> Path:
                     cols["well"].append(well)
                     cols["site"].append(0)  # profiles are well-level
                     cols["perturbation_id"].append(cid)
-                    cols["perturbation_type"].append("control" if c is None else "compound")
-                    cols["inchikey"].append(None if c is None else c["inchikey"])
-                    cols["smiles"].append(None if c is None else c["smiles"])
+                    kind = "control" if c is None else c.get("type", "compound")
+                    cols["perturbation_type"].append(kind)
+                    cols["inchikey"].append(None if c is None else c.get("inchikey"))
+                    cols["smiles"].append(None if c is None else c.get("smiles"))
                     cols["concentration"].append(0.0 if c is None else c["concentration"])
                     cols["moa"].append(None if c is None else c["moa"])
                     cols["target"].append(None if c is None else c["target"])
@@ -161,8 +194,36 @@ def generate_profiles(cfg: SynthProfilesConfig, out_dir: str | Path) -> Path:
 
     path = mf.write_profiles(out / "manifest.parquet", cols, np.stack(rows).astype(np.float32))
     _write_jump_metadata(out / "metadata", plates, cols, compounds)
-    (out / "synth_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    (out / "synth_config.json").write_text(json.dumps(cfg.as_dict(), indent=2) + "\n")
     return path
+
+
+def _genetic_perturbations(
+    cfg: SynthProfilesConfig, compounds: list[dict], centres: np.ndarray
+) -> list[dict]:
+    """One ORF and one CRISPR perturbation per gene (module docstring); own random stream, so
+    the compounds and their phenotypes do not depend on ``n_genes``."""
+    if cfg.n_genes == 0:
+        return []
+    rng = np.random.default_rng([cfg.seed, 1])
+    out = []
+    for i in range(cfg.n_genes):
+        mech = i * cfg.n_moa // cfg.n_genes  # MoAs spread over the labelled ones
+        targets = sorted(c["target"] for c in compounds if c["mech"] == mech and c["target"])
+        gene = max(set(targets), key=lambda t: (targets.count(t), t))  # the MoA's main target
+        for j, (kind, sign) in enumerate((("orf", -1.0), ("crispr", 1.0))):
+            offset = 0.5 * cfg.compound_spread * rng.normal(size=cfg.latent_dim)
+            out.append(
+                {
+                    "id": f"JCP2022_{900000 + 2 * i + j:06d}",
+                    "type": kind,
+                    "moa": None,
+                    "target": gene,
+                    "concentration": 0.0,
+                    "z": sign * cfg.genetic_effect * centres[mech] + offset,
+                }
+            )
+    return out
 
 
 def _write_csv_gz(path: Path, header: list[str], rows: list[list]) -> None:

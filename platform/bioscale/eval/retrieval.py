@@ -9,6 +9,11 @@ compound from copairs' permutation null (FDR-corrected), and:
 
 - ``retrieval/<task>/map``: mean over compounds of the per-compound mAP;
 - ``retrieval/<task>/fraction_retrieved``: share of compounds with corrected p < threshold.
+
+``query_reference_map`` is the other shape of the same metric: query items rank a reference
+library (rediscovery: a query compound's consensus profile ranks the known compounds; genetic
+matching: an ORF ranks the CRISPR knockouts), positives of the query's class against references
+of other classes, with the same per-query p-values and ``fraction_retrieved``.
 """
 
 from __future__ import annotations
@@ -90,3 +95,86 @@ def map_against_controls(
         "map": float(per_compound["mean_average_precision"].mean()),
         "fraction_retrieved": float(per_compound["below_corrected_p"].mean()),
     }
+
+
+def _per_query_map(
+    ap, by: str, *, null_size: int, threshold: float, seed: int
+) -> dict[str, float] | None:
+    """copairs' per-``by`` mAP with permutation p-values (FDR-corrected) → map, fraction."""
+    from copairs.map import mean_average_precision
+
+    ap = ap[(ap["query"] == 1) & (ap["n_pos_pairs"] > 0)]
+    if ap.empty:
+        return None
+    per_query = mean_average_precision(
+        ap, [by], null_size=null_size, threshold=threshold, seed=seed, progress_bar=False
+    )
+    return {
+        "map": float(per_query["mean_average_precision"].mean()),
+        "fraction_retrieved": float(per_query["below_corrected_p"].mean()),
+    }
+
+
+def consensus(z: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean embedding per group code: ``(codes (g,), means (g, d))`` (a compound's consensus
+    profile, the unit Pheno-CA's rediscovery ranks)."""
+    codes, inverse = np.unique(groups, return_inverse=True)
+    sums = np.zeros((len(codes), z.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse.ravel(), z)
+    return codes, sums / np.bincount(inverse.ravel())[:, None]
+
+
+def query_reference_map(
+    z: np.ndarray,
+    item: np.ndarray,
+    cls: np.ndarray,
+    is_query: np.ndarray,
+    *,
+    distance: str = "cosine",
+    null_size: int,
+    threshold: float,
+    seed: int,
+) -> dict[str, float] | None:
+    """mAP of query items ranking a reference library: for each query, the references of the same
+    class are positives and the references of other classes negatives (never other queries).
+
+    Args:
+        z: (n, d) one embedding per item (queries and references).
+        item: (n,) item codes (one AP per query item).
+        cls: (n,) class codes (-1: unlabelled, dropped).
+        is_query: (n,) True for queries, False for references.
+        distance: copairs similarity (``cosine``; ``abs_cosine`` when a match may be reversed).
+        null_size, threshold, seed: copairs' null distribution and FDR threshold.
+
+    Returns:
+        ``{"map": .., "fraction_retrieved": ..}`` over queries with a positive, or ``None``.
+    """
+    import pandas as pd
+    from copairs.map import average_precision
+    from copairs.matching import UnpairedException
+
+    keep = np.asarray(cls) >= 0
+    meta = pd.DataFrame(
+        {
+            "item": np.asarray(item, dtype=np.int64)[keep],
+            "cls": np.asarray(cls, dtype=np.int64)[keep],
+            "query": np.asarray(is_query, dtype=np.int64)[keep],
+        }
+    )
+    if meta["query"].sum() == 0 or (meta["query"] == 0).sum() == 0:
+        return None
+    # a pair always joins one query and one reference: "query" differs within every pair
+    try:
+        ap = average_precision(
+            meta,
+            np.asarray(z[keep], dtype=np.float64),
+            ["cls"],
+            ["query"],
+            [],
+            ["cls", "query"],
+            distance=distance,
+            progress_bar=False,
+        )
+    except UnpairedException:  # no positive or no negative pair at all
+        return None
+    return _per_query_map(ap, "item", null_size=null_size, threshold=threshold, seed=seed)

@@ -3,7 +3,8 @@
 A probe batch (``bioscale.study.plan.probe_targets`` builds its rows) carries, per sample, int64
 columns: ``role`` (``ROLE_CODES``), ``label`` (MoA code, -1 none), ``target_0..target_{K-1}``
 (target codes, -1 padding: a compound may have several targets), and the codes ``plate``,
-``source``, ``compound`` and ``well``. Sites of one well are averaged first; embeddings are then
+``source``, ``compound`` and ``well``; with genetic wells also ``ptype`` (perturbation type) and
+``gene`` (``bioscale.eval.probe_sets``). Sites of one well are averaged first; embeddings are then
 normalised against the control wells (``bioscale.eval.normalise``) and every task of
 ``ProbeConfig.tasks`` reads what it needs.
 """
@@ -14,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,9 +25,12 @@ from bioscale.registry import Registry
 
 log = logging.getLogger(__name__)
 
-#: Columns of a probe batch besides ``x``/``emb`` (targets: ``target_<i>``).
-CODE_COLUMNS = ("role", "label", "plate", "source", "compound", "well")
+#: Columns of a probe batch besides ``x``/``emb`` (targets: ``target_<i>``; ``ptype`` and
+#: ``gene`` only when the data has genetic perturbations).
+CODE_COLUMNS = ("role", "label", "plate", "source", "compound", "well", "ptype", "gene")
 TARGET_PREFIX = "target_"
+#: ``ptype`` codes of genetic perturbations (``bioscale.eval.probe_sets.PTYPE_CODES``).
+GENETIC_PTYPES = (1, 2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,10 +46,24 @@ class ProbeRows:
     compound: np.ndarray | None
     #: with ``probe.selection: search``: every searched layer, normalised like ``z``
     layers: tuple[Layer, ...] | None = None
+    #: with genetic wells: (n,) perturbation-type codes and (n,) gene codes (-1: not genetic)
+    ptype: np.ndarray | None = None
+    gene: np.ndarray | None = None
 
     @property
     def is_control(self) -> np.ndarray:
         return self.role == ROLE_CODES["control"]
+
+    @property
+    def is_genetic(self) -> np.ndarray:
+        if self.ptype is None or self.gene is None:
+            return np.zeros(len(self.role), dtype=bool)
+        return np.isin(self.ptype, GENETIC_PTYPES) & (self.gene >= 0)
+
+    @property
+    def is_compound(self) -> np.ndarray:
+        """Compound wells: neither controls nor genetic perturbations."""
+        return ~self.is_control & ~self.is_genetic
 
     def need(self, task: str, *names: str) -> None:
         missing = [n for n in names if getattr(self, n) is None]
@@ -135,6 +154,8 @@ def probe_rows(columns: dict[str, np.ndarray], cfg: ProbeConfig) -> ProbeRows:
         source=cols.get("source"),
         compound=cols.get("compound"),
         layers=layers,
+        ptype=cols.get("ptype"),
+        gene=cols.get("gene"),
     )
 
 
@@ -147,6 +168,9 @@ class EvalTask:
     description: str
     kinds: tuple[str, ...]  # data kinds (``data.kind``) the task applies to
     requires: str  # what the data must have, for messages
+    #: the manifest's ``SampleIndex`` → why the task cannot run on it (``None``: it can); a study
+    #: that lists the task fails at plan time with the reason, a default task list drops it
+    refusal: Callable[[Any], str | None] | None = None
 
 
 #: Cell Painting data kinds (wells on plates, with negative controls).
@@ -156,7 +180,14 @@ HCS = ("profiles", "cellpainting")
 TASKS: Registry[EvalTask] = Registry("evaluation task")
 
 
-def _task(name: str, description: str, *, kinds: tuple[str, ...] = HCS, requires: str = ""):
+def _task(
+    name: str,
+    description: str,
+    *,
+    kinds: tuple[str, ...] = HCS,
+    requires: str = "",
+    refusal: Callable[[Any], str | None] | None = None,
+):
     def add(fn: Callable[[ProbeRows, ProbeConfig], dict[str, float]]):
         TASKS.register(
             name,
@@ -166,6 +197,7 @@ def _task(name: str, description: str, *, kinds: tuple[str, ...] = HCS, requires
                 description=description,
                 kinds=kinds,
                 requires=requires or "plates with negative-control wells",
+                refusal=refusal,
             ),
         )
         return fn
@@ -200,7 +232,7 @@ def _leakage(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
     from bioscale.eval.leakage import leakage_probe
 
     rows.need("leakage", "plate", "source", "compound")
-    wells = ~rows.is_control
+    wells = rows.is_compound
     out: dict[str, float] = {}
     for factor, codes in (("plate", rows.plate), ("source", rows.source)):
         result = leakage_probe(rows.z[wells], codes[wells], rows.compound[wells], c=cfg.leakage_c)
@@ -216,12 +248,13 @@ def _retrieval(rows: ProbeRows, cfg: ProbeConfig, task: str, same: str) -> dict[
     from bioscale.eval.retrieval import map_against_controls
 
     rows.need(f"{task}_retrieval", "compound")
+    keep = ~rows.is_genetic
     result = map_against_controls(
-        rows.z,
-        rows.compound,
-        rows.is_control,
+        rows.z[keep],
+        rows.compound[keep],
+        rows.is_control[keep],
         same=same,
-        label=rows.moa[:, 0],
+        label=rows.moa[keep, 0],
         null_size=cfg.retrieval_null_size,
         threshold=cfg.retrieval_threshold,
         seed=cfg.seed,
@@ -242,9 +275,124 @@ def _moa_retrieval(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
     return _retrieval(rows, cfg, "moa", "label")
 
 
+@_task(
+    "rediscovery",
+    "novel (query) compounds rank the known seen compounds by cosine similarity of consensus "
+    "profiles; same-MoA compounds are the hits (copairs)",
+    requires="novel compounds whose MoA seen compounds share",
+)
+def _rediscovery(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
+    from bioscale.eval.retrieval import consensus, query_reference_map
+
+    rows.need("rediscovery", "compound")
+    labelled = rows.is_compound & (rows.moa[:, 0] >= 0)
+    reference = labelled & np.isin(
+        rows.role, [ROLE_CODES[r] for r in ("probe_train", "probe_val", "probe_test")]
+    )
+    query = labelled & (rows.role == ROLE_CODES["novel_test"])
+    used = query | reference
+    if not query.any() or not reference.any():
+        log.warning("retrieval/rediscovery: no novel query or no seen reference compound; skipped")
+        return {}
+    # one consensus profile per compound; a compound is a query or a reference, never both
+    codes, means = consensus(rows.z[used], rows.compound[used])
+    _, first = np.unique(rows.compound[used], return_index=True)  # same order as ``codes``
+    pick = np.flatnonzero(used)[first]
+    result = query_reference_map(
+        means,
+        codes,
+        rows.moa[pick, 0],
+        query[pick],
+        null_size=cfg.retrieval_null_size,
+        threshold=cfg.retrieval_threshold,
+        seed=cfg.seed,
+    )
+    if result is None:
+        log.warning("retrieval/rediscovery: no query compound has a known same-MoA compound")
+        return {}
+    return {f"retrieval/rediscovery/{k}": v for k, v in result.items()}
+
+
+def _genetic_refusal(index: Any) -> str | None:
+    from bioscale.eval.probe_sets import genetic_rows
+
+    if len(genetic_rows(index)) == 0:
+        return (
+            "the manifest has no genetic perturbations (perturbation_type orf or crispr with the "
+            "gene in 'target')"
+        )
+    return None
+
+
+@_task(
+    "genetic",
+    "genetic (ORF/CRISPR) wells vs negative controls: replicate mAP (copairs), cosine distance, "
+    "Z'; ORF-CRISPR same-gene matching",
+    requires="genetic perturbations (perturbation_type orf/crispr with the gene in 'target')",
+    refusal=_genetic_refusal,
+)
+def _genetic(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
+    from bioscale.eval.genetic import genetic_metrics
+
+    genetic = rows.is_genetic
+    if not genetic.any():
+        log.warning(
+            "evaluation task 'genetic': not applicable, the probe rows have no genetic "
+            "perturbation (ORF/CRISPR with a gene); skipped"
+        )
+        return {}
+    if not rows.is_control.any():
+        log.warning("evaluation task 'genetic': no control wells to separate from; skipped")
+        return {}
+    keep = genetic | rows.is_control
+    found = genetic_metrics(
+        rows.z[keep],
+        rows.gene[keep],
+        rows.ptype[keep],
+        rows.is_control[keep],
+        null_size=cfg.retrieval_null_size,
+        threshold=cfg.retrieval_threshold,
+        seed=cfg.seed,
+    )
+    return {f"retrieval/genetic/{k}": v for k, v in found.items()}
+
+
 def default_tasks(kind: str) -> tuple[str, ...]:
-    """Every registered task that applies to data of ``kind`` (a study without ``eval:``)."""
+    """Every registered task that applies to data of ``kind`` (a study without ``eval:``); tasks
+    that also need something of the manifest (``EvalTask.refusal``) are dropped at plan time
+    when it lacks it (``applicable``)."""
     return tuple(name for name in TASKS if kind in TASKS.get(name).kinds)
+
+
+def applicable(
+    tasks: tuple[str, ...], index: Any, *, explicit: bool
+) -> tuple[tuple[str, ...], list[str]]:
+    """The tasks a manifest can run, and why the others cannot.
+
+    Args:
+        tasks: task names (a study's ``probe.tasks``).
+        index: the manifest's ``bioscale.data.splits.SampleIndex``.
+        explicit: the study listed ``tasks`` in ``eval:`` (a refusal is then an error).
+
+    Returns:
+        ``(kept, reasons)``: ``reasons`` holds ``"<task>: <why>"`` for each task dropped.
+
+    Raises:
+        ConfigError: ``explicit`` and a listed task cannot run on the manifest.
+    """
+    from bioscale.errors import ConfigError
+
+    kept, reasons = [], []
+    for name in tasks:
+        refusal = TASKS.get(name).refusal
+        why = refusal(index) if refusal is not None else None
+        if why is None:
+            kept.append(name)
+        elif explicit:
+            raise ConfigError(f"eval: task {name!r} cannot run on this data: {why}")
+        else:
+            reasons.append(f"{name}: {why}")
+    return tuple(kept), reasons
 
 
 def evaluate(columns: dict[str, np.ndarray], cfg: ProbeConfig) -> dict[str, float]:

@@ -432,6 +432,18 @@ def _check_probe_sets(index: SampleIndex, spec: StudySpec) -> None:
             )
 
 
+def check_eval_data(spec: StudySpec, index: SampleIndex) -> None:
+    """Evaluation tasks the manifest cannot feed (``genetic`` without ORF/CRISPR wells): listed in
+    ``eval:``, the study fails naming why; from the default list they are dropped (logged)."""
+    from bioscale.eval.tasks import applicable
+
+    tasks, reasons = applicable(spec.probe.tasks, index, explicit=spec.eval is not None)
+    for reason in reasons:
+        log.info("evaluation task not applicable to this data, dropped: %s", reason)
+    if tasks != spec.probe.tasks:  # the spec's validated tasks, narrowed once for this manifest
+        object.__setattr__(spec, "probe", replace(spec.probe, tasks=tasks))
+
+
 def study_dyes(spec: StudySpec, manifest_path: str | Path) -> list[str]:
     """The channel order of an image study: ``data.image.dyes`` or the manifest's dyes."""
     available = mf.dyes_of(pq.read_schema(manifest_path), str(manifest_path))
@@ -473,6 +485,7 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
     input_shape = sample_shape(spec, info, manifest_path)
     index = load_index(spec, manifest_path)
     _check_probe_sets(index, spec)
+    check_eval_data(spec, index)
     check_alignment(spec, manifest_path)
     points, dropped = expand(spec)
     code = git_sha(Path(__file__).parent)

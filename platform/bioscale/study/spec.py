@@ -22,11 +22,23 @@ from bioscale.errors import ConfigError
 from bioscale.eval.probe import ProbeConfig
 from bioscale.eval.trial_alignment import AlignmentConfig
 from bioscale.train.rules import Budget, EarlyStopping, LRRule
+from bioscale.train.runtime import DdpConfig, FeedConfig, WorkerRuntime
 
 #: Evaluation task names a study's ``eval:`` may list (``bioscale.eval.tasks.TASKS``); omitted,
-#: every task that applies to the data kind runs.
-EVAL_TASKS = ("moa", "target", "leakage", "replicate_retrieval", "moa_retrieval")
-EvalTaskName = Literal["moa", "target", "leakage", "replicate_retrieval", "moa_retrieval"]
+#: every task that applies to the data kind runs (``genetic`` only when the manifest has genetic
+#: perturbations: ``bioscale study plan`` checks the manifest).
+EVAL_TASKS = (
+    "moa",
+    "target",
+    "leakage",
+    "replicate_retrieval",
+    "moa_retrieval",
+    "rediscovery",
+    "genetic",
+)
+EvalTaskName = Literal[
+    "moa", "target", "leakage", "replicate_retrieval", "moa_retrieval", "rediscovery", "genetic"
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,10 +144,18 @@ class TrainSpec:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    # how workers run, not what they learn (not part of trial keys): DDP's gradient buckets with
+    # several workers; prefetch and pinned host memory for the host→device batch feed
+    ddp: DdpConfig = field(default_factory=DdpConfig)
+    feed: FeedConfig = field(default_factory=FeedConfig)
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
             raise ConfigError("train.batch_size must be >= 2 (BatchNorm needs two samples)")
+
+    def worker_runtime(self) -> WorkerRuntime:
+        """What ``bioscale.train.ray_worker.train_worker`` takes as ``runtime``."""
+        return WorkerRuntime(ddp=self.ddp, feed=self.feed)
 
 
 @dataclass(frozen=True, kw_only=True)
