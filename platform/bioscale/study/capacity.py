@@ -15,21 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bioscale.errors import BioscaleError, ConfigError
+from bioscale.hardware import DEVICE_PEAK_TFLOPS  # the table lives beside the workers
 from bioscale.study.spec import ComputeBudget, ResourceSpec
 
-#: Dense bf16/fp16 tensor-core peak per device in TFLOP/s (no sparsity), from the vendors' data
-#: sheets (NVIDIA V100, T4, A100, H100 SXM, H200 SXM, L4, L40S; AMD MI300X). Keys are Ray's
-#: accelerator types (``ray.util.accelerators``), as nodes report them.
-DEVICE_PEAK_TFLOPS: dict[str, float] = {
-    "V100": 125.0,
-    "T4": 65.0,
-    "A100": 312.0,
-    "H100": 989.0,
-    "H200": 989.0,
-    "L4": 121.0,
-    "L40S": 362.0,
-    "AMD-Instinct-MI300X-OAM": 1307.0,
-}
 #: CPU a trial's Tune driver function reserves (runner: ``tune.with_resources(..., {"CPU": 0.01})``).
 TRIAL_DRIVER_CPU = 0.01
 _EPS = 1e-9

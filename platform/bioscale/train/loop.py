@@ -6,6 +6,11 @@ returns named loss terms. After training it restores the best weights, embeds th
 sets with the frozen backbone and fits the probes, then runs the study's biological-alignment
 evaluations (``bioscale.eval.trial_alignment``). Every rank reports the same number of times; only
 rank 0's metrics carry content.
+
+The step itself (network, AdamW groups, autocast, backward) is ``bioscale.train.step``. Loss terms
+stay on the device until an epoch ends, so a GPU never waits on the host between steps. On a GPU
+whose peak ``bioscale.hardware`` knows, ``perf/mfu`` (per epoch and for the trial) is the measured
+training FLOPs (``flops_per_sample`` × samples) per second over the peak of all workers' devices.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from bioscale.eval.layer_search import CURVES_ARTIFACT, layer_curves, layers_of
 from bioscale.eval.probe import ProbeConfig
 from bioscale.eval.tasks import evaluate as evaluate_probe_rows
 from bioscale.eval.trial_alignment import AlignmentConfig, run_alignment
-from bioscale.models.ladder import get_rung
-from bioscale.objectives import registry as objectives
+from bioscale.hardware import device_peak_flops, mfu
 from bioscale.train.context import TrainContext
 from bioscale.train.precision import Precision, StepNumerics, prepare_layout, resolve_precision
 from bioscale.train.rules import EarlyStopping
+from bioscale.train.step import Network, make_optimizer, network_for, param_groups, train_step
+
+# Network and param_groups are part of this module's API (plan, eval and tests import them here)
+__all__ = ["LoopConfig", "Network", "build_network", "embed", "param_groups", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -63,49 +71,11 @@ class LoopConfig:
     compile: bool = False
 
 
-class Network(nn.Module):
-    """Backbone + objective heads; ``forward(x) → (embedding, {head: logits})``."""
-
-    def __init__(self, backbone: nn.Module, heads: nn.ModuleDict) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.heads = heads
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        emb = self.backbone(x)
-        return emb, {name: head(emb) for name, head in self.heads.items()}
-
-
 def build_network(cfg: LoopConfig) -> tuple[Network, Any]:
-    objective = objectives.build(cfg.objective, cfg.objective_params)
-    backbone = objective.prepare_backbone(get_rung(cfg.rung).build(tuple(cfg.input_shape)))
-    heads = objective.build_heads(backbone.embed_dim, cfg.num_classes)
-    return Network(backbone, heads), objective
-
-
-_NO_DECAY_NAMES = ("cls_token", "pos_embed", "dist_token", "reg_token", "mask_token")
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weights; none on norms, biases, embeddings and class tokens."""
-    no_decay_ids = {
-        id(p)
-        for m in model.modules()
-        if isinstance(m, nn.Embedding)
-        for p in m.parameters(recurse=False)
-    }
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(_NO_DECAY_NAMES) or id(p) in no_decay_ids:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """The trial's network (backbone + heads) and its objective."""
+    return network_for(
+        cfg.rung, cfg.input_shape, cfg.objective, cfg.objective_params, cfg.num_classes
+    )
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -175,7 +145,8 @@ def run(
     model = ctx.prepare_model(net)
     if cfg.compile:
         model = torch.compile(model)
-    optimizer = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr)
+    optimizer = make_optimizer(net, lr=cfg.lr, weight_decay=cfg.weight_decay, device=ctx.device)
+    peak_flops = device_peak_flops(ctx.device)  # None on CPUs and unknown GPUs: no perf/mfu
 
     state = {
         "epoch": 0,
@@ -204,7 +175,7 @@ def run(
     while state["epoch"] < cfg.max_epochs and not stop:
         epoch = state["epoch"]
         model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # loss term → Σ term × batch size, on the device
         n_local = 0
         t_epoch = time.perf_counter()
         step_s = 0.0
@@ -214,30 +185,33 @@ def run(
             batch = _to(batch, ctx.device)
             batch["x"] = numerics.inputs(batch["x"])
             t0 = time.perf_counter()
-            with numerics.autocast():
-                terms = objective.loss_terms(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
+            terms = train_step(model, objective, optimizer, batch, numerics)
             step_s += time.perf_counter() - t0
             n = len(batch["x"])
             n_local += n
             for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) * n
+                weighted = value.detach().float() * n
+                sums[name] = sums[name] + weighted if name in sums else weighted
             if (
                 cfg.max_samples is not None
                 and state["samples_seen"] + n_local * ctx.world_size >= cfg.max_samples
             ):
                 stop = True
                 break
+        term_sums = {k: float(v) for k, v in sums.items()}  # waits for the device's last step
         epoch_s = time.perf_counter() - t_epoch
         state["samples_seen"] += n_local * ctx.world_size
         state["step_seconds"] += step_s
         state["loop_seconds"] += epoch_s
         state["epoch"] = epoch + 1
 
-        metrics: dict[str, Any] = {f"train/{k}": v / max(n_local, 1) for k, v in sums.items()}
+        metrics: dict[str, Any] = {f"train/{k}": v / max(n_local, 1) for k, v in term_sums.items()}
         metrics["perf/samples_per_s"] = n_local * ctx.world_size / max(epoch_s, 1e-9)
+        epoch_mfu = mfu(
+            cfg.flops_per_sample * n_local * ctx.world_size, epoch_s, peak_flops, ctx.world_size
+        )
+        if epoch_mfu is not None:
+            metrics["perf/mfu"] = epoch_mfu
         metrics["epoch"] = epoch + 1
         val = _val_loss(model, objective, ctx)
         if val is not None:
@@ -285,6 +259,9 @@ def run(
         "final": 1.0,
         **(extra_final or {}),
     }
+    trial_mfu = mfu(final["compute/flops"], state["loop_seconds"], peak_flops, ctx.world_size)
+    if trial_mfu is not None:
+        final["perf/mfu"] = trial_mfu
     if ctx.rank == 0:
         search = cfg.probe.selection == "search"
         probe_data = embed(

@@ -1,7 +1,8 @@
 """Ray Train adapter: ``RayContext`` (the loop's context inside a Train worker) and the trainer.
 
 Thin by design: the loop is ``bioscale.train.loop.run``; this file only maps its context onto
-``ray.train`` (dataset shards, DDP, reports with checkpoints, resume).
+``ray.train`` (dataset shards, DDP, reports with checkpoints, resume). How batches are fed
+(prefetch, pinned host memory) and DDP's gradient buckets come from ``bioscale.train.runtime``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import torch
 
 from bioscale.config import from_mapping
 from bioscale.train import loop
+from bioscale.train.runtime import WorkerRuntime, prepare_model_kwargs, train_batch_kwargs
 
 
 class RayContext:
     """The loop's context inside a Ray Train worker."""
 
-    def __init__(self, *, batch_size: int, seed: int) -> None:
+    def __init__(self, *, batch_size: int, seed: int, runtime: WorkerRuntime | None = None) -> None:
         import ray.train
         import ray.train.torch
 
@@ -28,6 +30,7 @@ class RayContext:
         self.device = ray.train.torch.get_device()
         self._batch_size = batch_size
         self._seed = seed
+        self._runtime = runtime or WorkerRuntime()
         self._cache: dict[str, list[dict[str, torch.Tensor]]] = {}
 
     def train_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -35,10 +38,13 @@ class RayContext:
 
         shard = ray.train.get_dataset_shard("train")
         return shard.iter_torch_batches(
-            batch_size=self._batch_size,
-            local_shuffle_buffer_size=4 * self._batch_size,
-            local_shuffle_seed=self._seed * 100_003 + epoch,
-            device=self.device,
+            **train_batch_kwargs(
+                self._runtime.feed,
+                device=self.device,
+                batch_size=self._batch_size,
+                seed=self._seed,
+                epoch=epoch,
+            )
         )
 
     def eval_batches(self, name: str) -> Iterator[dict[str, torch.Tensor]]:
@@ -55,7 +61,7 @@ class RayContext:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(model)
+        return ray.train.torch.prepare_model(model, **prepare_model_kwargs(self._runtime.ddp))
 
     def all_reduce_max(self, value: float) -> float:
         if self.world_size == 1:
@@ -91,8 +97,13 @@ class RayContext:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """``train_loop_per_worker``: rebuild the typed loop config and run the plain loop."""
+    """``train_loop_per_worker``: rebuild the typed loop config and run the plain loop.
+
+    ``config``: ``loop`` (a ``LoopConfig`` mapping), ``batch_size_per_worker`` and, optionally,
+    ``runtime`` (a ``WorkerRuntime`` mapping: DDP buckets, batch feed; defaults when absent).
+    """
     cfg = from_mapping(loop.LoopConfig, config["loop"], "loop")
-    ctx = RayContext(batch_size=config["batch_size_per_worker"], seed=cfg.seed)
+    runtime = from_mapping(WorkerRuntime, config.get("runtime"), "runtime")
+    ctx = RayContext(batch_size=config["batch_size_per_worker"], seed=cfg.seed, runtime=runtime)
     nodes = ctx.node_ids()
     loop.run(cfg, ctx, extra_final={"node_ids": ",".join(nodes)})
