@@ -367,6 +367,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    """MACO feature visualisations of a finished trial's class logits, logged to its run."""
+    from bioscale.eval.maco import MacoConfig
+    from bioscale.eval.visualize import visualize_run
+
+    spec = _load_spec(args.study)
+    out = Path(args.out or _default_out(spec.name)).resolve()
+    given = {
+        "steps": args.steps,
+        "lr": args.lr,
+        "image_size": args.image_size,
+        "crops": args.crops,
+        "seed": args.seed,
+    }
+    cfg = MacoConfig(**{k: v for k, v in given.items() if v is not None})
+    result = visualize_run(
+        spec,
+        out,
+        args.run,
+        cfg=cfg,
+        targets=args.target,
+        images=args.images,
+        device=args.device,
+    )
+    print(f"{len(result.targets)} visualisation(s) in {result.folder}")
+    return 0
+
+
 def _scaling_rows(args: argparse.Namespace):
     from bioscale.scaling.api import load_rows
 
@@ -691,6 +719,37 @@ def build_parser() -> argparse.ArgumentParser:
     p_ev.add_argument("--actors", type=int, default=1, help="embedding actors (Ray Data pool)")
     ray_options(p_ev)
     p_ev.set_defaults(func=cmd_evaluate)
+
+    p_vis = sub.add_parser(
+        "visualize",
+        help="MACO feature visualisations of a finished trial's class logits (PNGs, logged to "
+        "its MLflow run; `study report` shows them)",
+    )
+    p_vis.add_argument("study", help="study YAML the trial ran with")
+    p_vis.add_argument("--run", required=True, help="MLflow run id of the trial")
+    p_vis.add_argument(
+        "--target",
+        action="extend",
+        nargs="+",
+        help="class label or index of the classifier head (repeatable; default: the first 4)",
+    )
+    # None: MacoConfig's published defaults (1000 steps, 256 px, 6 crops, NAdam lr 1.0, seed 0)
+    p_vis.add_argument("--steps", type=int, default=None, help="optimisation steps (1000)")
+    p_vis.add_argument(
+        "--image-size", type=int, default=None, help="side of the optimised image in px (256)"
+    )
+    p_vis.add_argument("--crops", type=int, default=None, help="random crops per step (6)")
+    p_vis.add_argument("--lr", type=float, default=None, help="NAdam learning rate (1.0)")
+    p_vis.add_argument("--seed", type=int, default=None, help="seed of phase, crops, noise (0)")
+    p_vis.add_argument(
+        "--images",
+        type=int,
+        default=64,
+        help="manifest images the magnitude spectrum is averaged over (default 64)",
+    )
+    p_vis.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p_vis.add_argument("--out", default=None, help="output folder (default: bioscale-out/<name>)")
+    p_vis.set_defaults(func=cmd_visualize)
 
     def scaling_options(p: argparse.ArgumentParser, *, axis_default: str | None = "D") -> None:
         p.add_argument("--experiment", default=None, help="read an MLflow experiment's trials")

@@ -176,6 +176,7 @@ def report_table(
     n_boot: int = N_BOOT,
     footnote: str = "",
     trial_columns: Sequence[str] | None = None,
+    vis_panels: Sequence[Any] = (),
 ) -> Report:
     """Fit every curve family, forecast, compare objectives, plot, and write report.html,
     fits.json and forecasts.json into ``out_dir``.
@@ -183,6 +184,7 @@ def report_table(
     Args:
         targets: metric values to forecast for every curve; default, per curve, the value that
             cuts its best observed error by 10% (``report.default_target``).
+        vis_panels: ``report.VisPanel`` feature visualisations, whose PNGs are in ``out_dir``.
         The rest as in ``fit_table``; ``group`` columns missing from the table are ignored.
     """
     from bioscale.scaling.alignment import (
@@ -274,6 +276,7 @@ def report_table(
         alignment_plots=align_plots,
         alignment_trends=describe_trends(rows, aligned),
         alignment_accuracy=align_accuracy,
+        vis_panels=vis_panels,
     )
     return Report(
         report=report,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,53 @@ from bioscale.scaling.forecast import Forecast
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:49%;border:1px solid #ddd}
-.note{color:#666;font-size:13px}"""
+.note{color:#666;font-size:13px}
+figure{display:inline-block;margin:4px;font-size:12px;text-align:center}
+figure img{width:160px;max-width:none;image-rendering:pixelated}"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisPanel:
+    """One objective's feature visualisations (``bioscale visualize``) in the report.
+
+    Attributes:
+        title: what was visualised, e.g. ``supervised · resnet:18 (N = 11,000,000)``.
+        note: where it comes from (run, settings).
+        items: per target: caption, image PNG, transparency PNG (files beside the report).
+    """
+
+    title: str
+    note: str
+    items: list[tuple[str, Path, Path]]
+
+
+def vis_section(panels: Sequence[VisPanel]) -> str:
+    """The report's feature-visualisation section; empty without panels."""
+    if not panels:
+        return ""
+    blocks = []
+    for panel in panels:
+        figures = "".join(
+            f'<figure><img src="{html.escape(image.name)}" alt="{html.escape(caption)}">'
+            f'<img src="{html.escape(alpha.name)}" alt="transparency of {html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            for caption, image, alpha in panel.items
+        )
+        blocks.append(
+            f"<h3>{html.escape(panel.title)}</h3><p class=note>{html.escape(panel.note)}</p>"
+            f"{figures}"
+        )
+    return (
+        "<h2>Feature visualisations (MACO)</h2><p class=note>Per objective, the largest rung "
+        "with visualisations: each class logit maximised by optimising only the Fourier phase "
+        "of an image whose magnitude spectrum is the data's mean amplitude spectrum (Fel et al. "
+        "2023, arXiv 2306.06805), with random crops and noise each step; beside each image its "
+        "transparency map, the |gradient| accumulated over the steps (brighter: pixels the "
+        "logit depends on more). Cell Painting images are dye composites (DNA blue, ER green, "
+        "RNA cyan, AGP magenta, Mito red). Captions give the logit of the whole image before → "
+        "after. Made by <code>bioscale visualize</code>.</p>" + "".join(blocks)
+    )
+
 
 #: a report forecasts, per curve, the scale that cuts its best observed error by this fraction
 DEFAULT_ERROR_CUT = 0.1
@@ -148,13 +195,15 @@ def render(
     alignment_plots: Sequence[Path] = (),
     alignment_trends: Sequence[str] = (),
     alignment_accuracy: str | None = None,
+    vis_panels: Sequence[VisPanel] = (),
 ) -> Path:
     """Write ``out`` (report.html) next to its plots; return its path. ``layer_plots``: the layer
     search heat maps (a section of their own, only when trials searched layers).
     ``alignment_plots`` / ``alignment_trends``: accuracy against biological alignment per objective
     and one sentence per objective on alignment against N (``bioscale.scaling.alignment``; a
     section only when trials logged alignment metrics), ``alignment_accuracy`` the accuracy
-    column the plots use."""
+    column the plots use. ``vis_panels``: feature visualisations, one panel per objective (a
+    section only when there are some)."""
     trial_cols = list(trial_columns or [])
     if not trial_cols:
         trial_cols = [
@@ -238,6 +287,7 @@ scale has one run); dashed lines extrapolate beyond the data; a star marks a for
 <h2>Curves</h2>{images}
 {layer_section}
 {alignment_section}
+{vis_section(vis_panels)}
 <h2>Fitted laws (95% intervals)</h2>{_table(ftable, columns)}
 <h2>Forecasts</h2><ul>{fc_items or "<li>none</li>"}</ul>
 <h2>Objective comparisons</h2>{_table(cmp_rows, list(cmp_rows[0])) if cmp_rows else "<p class=note>none: no two fitted curves differ only in objective.</p>"}

@@ -113,9 +113,13 @@ def analyse(
     n_boot: int = N_BOOT,
 ) -> Analysis:
     """Fit, forecast, plot, report and log; returns where everything went."""
+    from bioscale.eval.visualize import report_panels
+
     report_dir = Path(out_dir) / "report"
     rows = runs_table(tracker.client, experiment_id)
     table = write_csv(rows, report_dir / "trials.csv")
+    # ``bioscale visualize`` output under <out>/visualize/: one panel per objective
+    panels = report_panels(rows, out_dir, report_dir)
     built = report_table(
         rows,
         report_dir,
@@ -148,13 +152,16 @@ def analyse(
             "compute/flops",
             "perf/trial_seconds",
         ],
+        vis_panels=panels,
     )
     log_fits(tracker, experiment_id, parent_id, built.fits)
     report_run = tracker.child_run(
         experiment_id, parent_id, "report", f"report · {study}", f"report-{study}"
     )
+    shown = [p for panel in panels for _, image, alpha in panel.items for p in (image, alpha)]
     tracker.log_artifacts(
-        report_run, [built.report, built.fits_json, built.forecasts_json, table, *built.plots]
+        report_run,
+        [built.report, built.fits_json, built.forecasts_json, table, *built.plots, *shown],
     )
     tracker.finish(report_run)
     return Analysis(
