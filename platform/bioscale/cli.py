@@ -726,28 +726,42 @@ def build_parser() -> argparse.ArgumentParser:
         "its MLflow run; `study report` shows them)",
     )
     p_vis.add_argument("study", help="study YAML the trial ran with")
-    p_vis.add_argument("--run", required=True, help="MLflow run id of the trial")
+    p_vis.add_argument("--run", required=True, metavar="RUN_ID", help="MLflow run id of the trial")
     p_vis.add_argument(
         "--target",
         action="extend",
         nargs="+",
+        metavar="CLASS",
         help="class label or index of the classifier head (repeatable; default: the first 4)",
     )
     # None: MacoConfig's published defaults (1000 steps, 256 px, 6 crops, NAdam lr 1.0, seed 0)
-    p_vis.add_argument("--steps", type=int, default=None, help="optimisation steps (1000)")
     p_vis.add_argument(
-        "--image-size", type=int, default=None, help="side of the optimised image in px (256)"
+        "--steps", type=int, default=None, metavar="N", help="optimisation steps (1000)"
     )
-    p_vis.add_argument("--crops", type=int, default=None, help="random crops per step (6)")
-    p_vis.add_argument("--lr", type=float, default=None, help="NAdam learning rate (1.0)")
+    p_vis.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="S",
+        help="side of the optimised image in px (256)",
+    )
+    p_vis.add_argument(
+        "--crops", type=int, default=None, metavar="K", help="random crops per step (6)"
+    )
+    p_vis.add_argument(
+        "--lr", type=float, default=None, metavar="X", help="NAdam learning rate (1.0)"
+    )
     p_vis.add_argument("--seed", type=int, default=None, help="seed of phase, crops, noise (0)")
     p_vis.add_argument(
         "--images",
         type=int,
         default=64,
+        metavar="M",
         help="manifest images the magnitude spectrum is averaged over (default 64)",
     )
-    p_vis.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p_vis.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present"
+    )
     p_vis.add_argument("--out", default=None, help="output folder (default: bioscale-out/<name>)")
     p_vis.set_defaults(func=cmd_visualize)
 
