@@ -36,7 +36,14 @@ from bioscale.hardware import device_peak_flops, mfu
 from bioscale.train.context import TrainContext
 from bioscale.train.precision import Precision, StepNumerics, prepare_layout, resolve_precision
 from bioscale.train.rules import EarlyStopping
-from bioscale.train.step import Network, make_optimizer, network_for, param_groups, train_step
+from bioscale.train.step import (
+    Network,
+    configure_backends,
+    make_optimizer,
+    network_for,
+    param_groups,
+    train_step,
+)
 
 # Network and param_groups are part of this module's API (plan, eval and tests import them here)
 __all__ = ["LoopConfig", "Network", "build_network", "embed", "param_groups", "run"]
@@ -134,6 +141,7 @@ def run(
     """Train, restore the best weights, probe; return rank 0's final metrics (plus ``extra_final``)."""
     torch.manual_seed(cfg.seed * 1000 + ctx.rank)
     np.random.seed(cfg.seed)
+    configure_backends(ctx.device)
     net, objective = build_network(cfg)
     image_input = len(cfg.input_shape) == 3
     numerics = StepNumerics(
