@@ -87,19 +87,25 @@ def read_image(uri: str) -> np.ndarray:
     import tifffile
 
     path, page = split_page(uri)
+    local = "://" not in path or path.startswith("file://")
     try:
-        data = read_bytes(path)
+        if local:  # tifffile reads local files itself, without a copy through memory
+            source = path.removeprefix("file://")
+            size = os.stat(source).st_size
+        else:
+            source = io.BytesIO(read_bytes(path))
+            size = source.getbuffer().nbytes
     except FileNotFoundError:
         raise ImageReadError(f"missing file {path}", path=path) from None
     except OSError as err:
         raise ImageReadError(f"cannot read {path}: {err}", path=path) from None
-    if not data:
+    if not size:
         raise ImageReadError(f"empty file {path}", path=path)
     try:
         if path.endswith(".npy"):
-            img = np.load(io.BytesIO(data), allow_pickle=False)
+            img = np.load(source, allow_pickle=False)
         else:
-            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            with tifffile.TiffFile(source) as tif:
                 if page is not None:
                     img = tif.pages[page].asarray()
                 elif len(tif.pages) == 1:

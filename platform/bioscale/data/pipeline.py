@@ -166,6 +166,7 @@ def decoded_sites(
     select_cpus: float = 0.25,
     with_maps: bool = False,
     skips=None,
+    decode_tasks: int | None = None,
 ):
     """Selected sites → decoded crops ``{"x": (C, crop, crop) float32, <label>: int64}``, streamed.
 
@@ -173,18 +174,22 @@ def decoded_sites(
     ``map_batches`` tasks of ``batch_size`` sites. A site that cannot be read stops the trial
     with the sample and file named; with ``skips`` (a :class:`SkipLedger` actor) it is dropped
     instead and recorded there. ``with_maps`` decodes the expert map as one more channel, so it
-    gets exactly the image's crops, then splits it off as ``map``/``has_map``.
+    gets exactly the image's crops, then splits it off as ``map``/``has_map``. ``decode_tasks``
+    caps the concurrent decode tasks (default: as many as the CPUs allow).
     """
     dyes = [*dyes, MAP_DYE] if with_maps else list(dyes)
     from bioscale.data.images import decode_batch
 
     keep = ["sample_id", *[f"path_{d}" for d in dyes]]
     selected = select_rows(sites, sample_ids, labels, keep, cpus_per_task=select_cpus)
+    import ray.data
+
     decoded = selected.map_batches(
         decode_batch,
         batch_format="numpy",
         batch_size=batch_size,
         num_cpus=cpus_per_task,
+        compute=None if decode_tasks is None else ray.data.TaskPoolStrategy(size=decode_tasks),
         fn_kwargs={
             "dyes": list(dyes),
             "crop": crop,
