@@ -171,6 +171,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
         train_loop_config={
             "loop": payload["loop"],
             "batch_size_per_worker": max(2, spec.train.batch_size // res.workers_per_trial),
+            "runtime": to_mapping(spec.train.worker_runtime()),  # DDP buckets, batch feed
         },
         scaling_config=ScalingConfig(
             num_workers=res.workers_per_trial,
