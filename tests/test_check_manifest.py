@@ -103,3 +103,22 @@ def test_bad_files_all_reported(screen, tmp_path, capsys):
         r["sample_id"] for r in rows
     ]
     assert len(check_manifest(str(manifest), sample=4).reports) == 4
+
+
+def test_check_on_a_ray_cluster_reports_like_the_local_check(screen, tmp_path, ray_local):
+    rows = pq.read_table(screen).to_pylist()
+    table = pq.read_table(screen)
+    paths = [r["path_Mito"] for r in rows]
+    paths[2] = str(tmp_path / "lost.tiff")
+    broken = table.set_column(table.schema.get_field_index("path_Mito"), "path_Mito", [paths])
+    manifest = tmp_path / "broken.parquet"
+    pq.write_table(broken, manifest)
+    seen: list[tuple[int, int]] = []
+    on_ray = check_manifest(
+        str(manifest), address="auto", progress=lambda done, _total, bad: seen.append((done, bad))
+    )
+    local = check_manifest(str(manifest))
+    assert on_ray.reports == local.reports, "same reports, in manifest order"
+    assert [r["sample_id"] for r in on_ray.bad] == [rows[2]["sample_id"]]
+    assert "lost.tiff" in json.dumps(on_ray.bad[0])
+    assert seen[-1] == (len(rows), 1)

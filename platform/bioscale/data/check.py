@@ -11,6 +11,7 @@ manifest, repartitioned so every node decodes).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -141,8 +142,11 @@ def _run_ray(
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     table = pa.Table.from_pylist(rows)
-    ds = ray.data.from_arrow(table).repartition(
-        max(1, min(len(rows), 4 * int(ray.cluster_resources().get("CPU", 1))))
+    # one block per task, split here (Dataset.repartition would add a shuffle stage)
+    n = max(1, min(len(rows), 4 * int(ray.cluster_resources().get("CPU", 1))))
+    bounds = [round(i * len(rows) / n) for i in range(n + 1)]
+    ds = ray.data.from_arrow(
+        [table.slice(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
     )
     out = ds.map_batches(
         _check_batch_ray, batch_format="pyarrow", batch_size=8, fn_kwargs={"dyes": dyes}
