@@ -166,3 +166,21 @@ def test_genetic_task_skips_without_genetic_wells_and_plan_refuses_it(tmp_path, 
     assert "genetic" in default.probe.tasks
     plan(default, manifest)
     assert "genetic" not in default.probe.tasks and "rediscovery" in default.probe.tasks
+
+
+def test_a_planned_study_without_eval_ships_to_its_trials_unchanged(synth_manifest):
+    # plan narrows the default tasks to what the manifest feeds (no genetic wells here); each
+    # trial rebuilds the study from spec.to_dict() and must accept that narrowed list
+    from bioscale.study.plan import plan
+    from bioscale.study.spec import StudySpec
+
+    spec = StudySpec.from_dict(
+        {
+            "name": "x",
+            "data": {"manifest": str(synth_manifest)},
+            "grids": [{"rung": ["debug"], "diet": [{}], "objective": ["ibp"]}],
+        }
+    )
+    plan(spec, synth_manifest)
+    assert "genetic" not in spec.probe.tasks and "moa" in spec.probe.tasks
+    assert StudySpec.from_dict(spec.to_dict()).probe.tasks == spec.probe.tasks

@@ -298,6 +298,10 @@ def _resolve_eval(spec: StudySpec) -> None:
 
     if spec.eval is None:
         tasks = default_tasks(spec.data.kind)
+        # the defaults as plan narrowed them to what the manifest can feed (no genetic wells: no
+        # `genetic`), carried to every trial in the spec it ships
+        if spec.probe.tasks != ProbeConfig().tasks and set(spec.probe.tasks) < set(tasks):
+            tasks = spec.probe.tasks
     else:
         tasks = tuple(spec.eval)
         if not tasks or len(set(tasks)) != len(tasks):
