@@ -356,7 +356,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             run_id,
             probe_dataset=dataset,
             loop_config=trial.loop,
-            checkpoint=final_checkpoint(trial_folder(out, key)),
+            checkpoint=final_checkpoint(trial_folder(out, key, spec.storage)),
             cfg=spec.probe,
             pool_size=args.actors,
         )
