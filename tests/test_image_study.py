@@ -158,6 +158,7 @@ def natural_study(ray_local, tmp_path_factory):
                 "max_concurrent_trials": 2,
                 "data_cpus_per_task": 0.1,
             },
+            "alignment": {"saliency": True, "adversarial": {"max_images": 4, "bisections": 4}},
         }
     )
     return run_study(spec, out / "run", progress=lambda m: None)
@@ -180,3 +181,15 @@ def test_harmonized_study_on_natural_images(natural_study):
         runs["ibp"].data.params["flops_per_sample"]
     )
     assert 0.0 <= harmonized.data.metrics["probe/moa/seen_compounds/top1"] <= 1.0
+
+
+def test_alignment_evaluations_run_in_ray_trials_and_reach_mlflow(natural_study):
+    from bioscale.study.tracking import Tracker
+
+    for run in Tracker(natural_study.tracking_uri).runs(natural_study.experiment_id, "trial"):
+        metrics = run.data.metrics
+        assert -1.0 <= metrics["align/spearman"] <= 1.0, run.data.params["objective"]
+        assert 0.0 <= metrics["align/dice10"] <= 1.0
+        assert metrics["perf/eval_saliency_seconds"] > 0
+        assert metrics["adv/n_images"] + metrics["adv/n_misclassified"] >= 1
+        assert metrics["perf/eval_adversarial_seconds"] > 0
