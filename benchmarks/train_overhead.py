@@ -90,7 +90,9 @@ def bioscale_trial(
                 "precision": precision,
                 "checkpoint_every": 0,
             },
-            "resources": {"max_concurrent_trials": 1},
+            # the worker gets the CPUs (hence the intra-op threads: Ray sets OMP_NUM_THREADS to
+            # an actor's CPUs) the bare loop trains with in this process
+            "resources": {"max_concurrent_trials": 1, "cpus_per_worker": torch.get_num_threads()},
         }
     )
     result = run_study(spec, out / rung.replace(":", "-"), progress=lambda m: None)
@@ -164,6 +166,7 @@ def main() -> None:
             row = {
                 "rung": rung,
                 "precision": precision,
+                "threads": torch.get_num_threads(),
                 "bare_samples_per_s": bare,
                 "bioscale_samples_per_s": trial["samples_per_s"],
                 "bare_step_ms": step_ms,

@@ -171,7 +171,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
         train_loop_config={
             "loop": payload["loop"],
             "batch_size_per_worker": max(2, spec.train.batch_size // res.workers_per_trial),
-            "runtime": to_mapping(spec.train.worker_runtime()),  # DDP buckets, batch feed
+            "runtime": to_mapping(_worker_runtime(spec)),  # DDP buckets, batch feed
         },
         scaling_config=ScalingConfig(
             num_workers=res.workers_per_trial,
@@ -195,6 +195,15 @@ def _trial_fn(config: dict[str, Any]) -> None:
     if skips is not None:
         closing = _skipped(ray.get(skips.entries.remote()), len(data.train.rows), spec)
     ray.tune.report({"perf/trial_seconds": time.perf_counter() - t0, "trial_complete": 1} | closing)
+
+
+def _worker_runtime(spec: StudySpec):
+    """The workers' DDP and feed settings; image studies never cache an epoch (each epoch
+    draws fresh random crops)."""
+    runtime = spec.train.worker_runtime()
+    if spec.data.kind == "profiles":
+        return runtime
+    return replace(runtime, feed=replace(runtime.feed, cache_mib=0))
 
 
 #: The trial artifact listing the image sites ``bad_samples: skip`` dropped (sample id → error).

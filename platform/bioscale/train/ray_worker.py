@@ -17,6 +17,73 @@ from bioscale.train import loop
 from bioscale.train.runtime import WorkerRuntime, prepare_model_kwargs, train_batch_kwargs
 
 
+class EpochCache:
+    """A worker's training shard kept in memory after the first epoch, when it fits.
+
+    The first epoch streams from Ray Data as usual and keeps a copy of each batch (on the host)
+    up to ``limit_bytes``; later epochs reshuffle that copy in memory, which saves Ray Data's
+    per-epoch start-up and collation, a large share of a short epoch. Every worker must make the
+    same choice (their Ray Data shards advance together), so the choice is agreed through
+    ``agree`` (all ranks keep their copy only if every rank's shard fitted).
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = limit_bytes
+        self.columns: dict[str, torch.Tensor] | None = None
+        self._kept: list[dict[str, torch.Tensor]] = []
+        self._size = 0
+        # new → (first epoch) filling → full | over → (agreed) ready | off; off from the start
+        # when disabled (every rank has the same setting, so none waits for a vote)
+        self._state = "new" if limit_bytes > 0 else "off"
+
+    @property
+    def ready(self) -> bool:
+        return self._state == "ready"
+
+    def record(self, batches) -> Iterator[dict[str, torch.Tensor]]:
+        """Pass the first epoch's batches through, keeping host copies while they fit."""
+        if self._state == "new":
+            self._state = "filling"
+        for batch in batches:
+            if self._state == "filling":
+                self._size += sum(t.numel() * t.element_size() for t in batch.values())
+                if self._size > self.limit:
+                    self._state, self._kept = "over", []
+                else:
+                    self._kept.append({k: v.detach().to("cpu") for k, v in batch.items()})
+            yield batch
+        if self._state == "filling":
+            self._state = "full"
+
+    def settle(self, agree) -> None:
+        """Once, after the first epoch: keep the copy if every rank's fitted and was complete
+        (``agree(x)`` returns the maximum of ``x`` over ranks), else stream from now on."""
+        if self._state not in ("filling", "full", "over"):
+            return
+        complete = self._state == "full" and bool(self._kept)
+        if agree(0.0 if complete else 1.0) == 0.0:
+            self.columns = {k: torch.cat([b[k] for b in self._kept]) for k in self._kept[0]}
+            self._state = "ready"
+        else:
+            self._state = "off"
+        self._kept = []
+
+    def epoch(
+        self, *, seed: int, epoch: int, batch_size: int, device: torch.device, pin: bool
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch of the kept rows in a fresh order (seeded by seed and epoch)."""
+        assert self.columns is not None
+        n = len(next(iter(self.columns.values())))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            out = {}
+            for k, v in self.columns.items():
+                part = v[idx]
+                out[k] = (part.pin_memory() if pin else part).to(device, non_blocking=pin)
+            yield out
+
+
 class RayContext:
     """The loop's context inside a Ray Train worker."""
 
@@ -32,20 +99,29 @@ class RayContext:
         self._seed = seed
         self._runtime = runtime or WorkerRuntime()
         self._cache: dict[str, list[dict[str, torch.Tensor]]] = {}
+        self._epochs = EpochCache(self._runtime.feed.cache_mib * 2**20)
 
     def train_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         import ray.train
 
-        shard = ray.train.get_dataset_shard("train")
-        return shard.iter_torch_batches(
-            **train_batch_kwargs(
-                self._runtime.feed,
-                device=self.device,
-                batch_size=self._batch_size,
+        kwargs = train_batch_kwargs(
+            self._runtime.feed,
+            device=self.device,
+            batch_size=self._batch_size,
+            seed=self._seed,
+            epoch=epoch,
+        )
+        self._epochs.settle(self.all_reduce_max)  # every rank calls this at the same epoch
+        if self._epochs.ready:
+            return self._epochs.epoch(
                 seed=self._seed,
                 epoch=epoch,
+                batch_size=self._batch_size,
+                device=self.device,
+                pin=bool(kwargs["pin_memory"]),
             )
-        )
+        shard = ray.train.get_dataset_shard("train")
+        return self._epochs.record(shard.iter_torch_batches(**kwargs))
 
     def eval_batches(self, name: str) -> Iterator[dict[str, torch.Tensor]]:
         """Whole eval sets, kept in memory after the first pass (``val`` is read every epoch)."""

@@ -46,14 +46,21 @@ class FeedConfig:
             (``non_blocking``); ``auto`` pins on CUDA devices only (pinning buys nothing on CPU).
         prefetch_batches: batches Ray Data fetches, decodes and collates ahead of the one being
             trained on, in a background thread, so decoding overlaps compute.
+        cache_mib: the in-worker epoch cache's size limit (see the field).
     """
 
     pin_memory: Literal["auto", "on", "off"] = "auto"
     prefetch_batches: int = 2
+    #: a worker whose training shard fits in this many MiB keeps it in memory after the first
+    #: epoch and shuffles it there, instead of restarting Ray Data every epoch (0: always stream).
+    #: Image studies always stream: every epoch draws fresh random crops.
+    cache_mib: int = 512
 
     def __post_init__(self) -> None:
         if self.prefetch_batches < 0:
             raise ConfigError("train.feed.prefetch_batches must be >= 0")
+        if self.cache_mib < 0:
+            raise ConfigError("train.feed.cache_mib must be >= 0 (0: stream every epoch)")
 
 
 @dataclass(frozen=True, kw_only=True)
