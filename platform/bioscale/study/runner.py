@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -467,6 +468,9 @@ def _tune(
             name=name, storage_path=storage, callbacks=[callback], verbose=1 if verbose else 0
         ),
     )
+    # Tune's end-of-run analysis looks for the JSON/CSV results its loggers would have written
+    # and warns once per trial that they are missing; MLflow holds them, so that warning is noise
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
         tuner.fit()
     finally:  # finished, failed or interrupted: what MLflow has not taken yet is kept
