@@ -608,6 +608,43 @@ def test_tracking_server_outage_is_retried_with_backoff_and_loses_no_metric(clus
 
 
 @pytest.mark.timeout(240)
+def test_an_outage_longer_than_retry_seconds_delays_trial_writes_without_blocking(cluster):
+    """The study driver's background writer against the real server: an outage three times its
+    retry window neither blocks the callback that submits nor loses a write."""
+    from bioscale.study.spool import TrialWriter, spool_path
+    from bioscale.study.tracking import Tracker
+
+    proxy = _Proxy(int(cluster.mlflow_url.rsplit(":", 1)[1]))
+    messages: list[str] = []
+    try:
+        tracker = Tracker(f"http://127.0.0.1:{proxy.port}", retry_seconds=2)
+        exp = tracker.experiment("cluster-mlflow-writer")
+        parent = tracker.study_run(exp, "cluster-mlflow-writer", "sha")
+        writer = TrialWriter(tracker, exp, parent, progress=messages.append, pause_s=0.5)
+        writer.start("wkey", "writer-trial", {"rung": "debug"}, None)
+        writer.metrics("wkey", {"train/loss": 1.0}, step=1)
+        proxy.down.set()
+        reopen = threading.Timer(6.0, proxy.down.clear)
+        reopen.start()
+        t0 = time.monotonic()
+        for epoch in (2, 3):
+            writer.metrics("wkey", {"train/loss": float(epoch)}, step=epoch)
+        writer.finish("wkey", "FINISHED")
+        submitted = time.monotonic() - t0
+        spooled = writer.close(spool_path(cluster.root), wait_s=60)
+        reopen.join()
+    finally:
+        proxy.close()
+    assert submitted < 1.0 and spooled == 0
+    assert any("not taking writes" in m for m in messages) and any("is back" in m for m in messages)
+    direct = cluster.tracker()
+    (run,) = _trial_runs(direct, "cluster-mlflow-writer")
+    history = direct.client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 2.0), (3, 3.0)]
+    assert direct.client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.timeout(240)
 def test_plan_against_the_cluster_says_what_fits(cluster):
     fits = cluster.write_study(tiny_study("cluster-plan", [1.0]))
     gpu = cluster.write_study(

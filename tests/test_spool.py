@@ -126,3 +126,24 @@ def test_the_writer_survives_tune_pickling_its_callbacks(tmp_path):
     _write_trial(writer, "k4", epochs=1)  # the original keeps working after being pickled
     assert writer.close(spool_path(tmp_path), wait_s=30) == 0
     assert [r.data.tags[TRIAL_KEY] for r in _trial_runs(tracker, exp)] == ["k4"]
+
+
+def test_a_trial_run_whose_creation_answer_was_lost_is_not_made_twice(tmp_path):
+    tracker = Tracker(default_uri(tmp_path), artifact_root=tmp_path / "art", retry_seconds=5)
+    exp = tracker.experiment("lost-answer")
+    parent = tracker.study_run(exp, "lost-answer", "sha")
+    real_create = tracker.client.create_run
+    calls = []
+
+    def create_then_drop_the_answer(*args, **kwargs):
+        calls.append(1)
+        run = real_create(*args, **kwargs)
+        if len(calls) == 1:  # the server made the run; the client never heard back
+            raise requests.exceptions.ConnectionError("Connection reset by peer")
+        return run
+
+    tracker.client.create_run = create_then_drop_the_answer
+    run_id = tracker.start_trial(exp, parent, "k5", "trial-k5", {"rung": "debug"})
+    (only,) = _trial_runs(tracker, exp)
+    assert only.info.run_id == run_id and only.data.params["rung"] == "debug"
+    assert len(calls) == 1, "the retry found the run the first attempt made"

@@ -135,13 +135,26 @@ class Tracker:
         if run_id is not None:
             self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
             return run_id
-        run = self._retry(
-            lambda: self.client.create_run(
+        attempts = 0
+
+        def create():
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:  # the server may have made the run before its answer was lost
+                made = self.runs(
+                    experiment_id,
+                    "trial",
+                    f"tags.`{TRIAL_KEY}` = '{key}' and attributes.status = 'RUNNING'",
+                )
+                if made:
+                    return made[0]
+            return self.client.create_run(
                 experiment_id,
                 run_name=name,
                 tags={KIND: "trial", PARENT: parent_id, TRIAL_KEY: key},
             )
-        )
+
+        run = self._retry(create)
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
