@@ -173,3 +173,44 @@ def test_cli_import_reports_missing_column_without_traceback(tmp_path, capsys):
     code = main(["data", "import", "cellprofiler", str(bad), "--out", str(tmp_path / "m.parquet")])
     err = capsys.readouterr().err
     assert code == 2 and "Metadata_Well" in err and "Traceback" not in err
+
+
+def test_orf_and_crispr_wells_carry_their_gene_and_are_held_out(realdata, tmp_path):
+    """JUMP's orf.csv / crispr.csv: a guide's or ORF's gene becomes its target (what the genetic
+    evaluation pairs), and those wells are `novel`: evaluated, never trained on."""
+    import shutil
+
+    from bioscale.data.importers.jump import JumpMetadata
+
+    real = JumpMetadata.load(realdata / "jump_metadata", plates=set())
+    assert real.kinds["JCP2022_900002"] == "orf" and real.genes["JCP2022_900002"] == "NAT1"
+    assert real.genes["JCP2022_800003"] == "A2M" and "JCP2022_800001" not in real.genes
+
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "plate.csv").write_text(
+        "Metadata_Source,Metadata_Batch,Metadata_Plate,Metadata_PlateType\nsource_4,b1,P1,ORF\n"
+    )
+    (meta / "well.csv").write_text(
+        "Metadata_Source,Metadata_Plate,Metadata_Well,Metadata_JCP2022\n"
+        "source_4,P1,A01,JCP2022_900002\n"
+        "source_4,P1,A02,JCP2022_800001\n"
+    )
+    for name in ("orf.csv.gz", "crispr.csv.gz"):
+        shutil.copy(realdata / "jump_metadata" / "datasets" / name, meta / name)
+    load = tmp_path / "load.csv"
+    load.write_text(
+        "FileName_OrigDNA,PathName_OrigDNA,Metadata_Plate,Metadata_Well,Metadata_Site\n"
+        "a.tiff,img,P1,A01,1\n"
+        "b.tiff,img,P1,A02,1\n"
+    )
+    out = tmp_path / "m.parquet"
+    import_dataset(
+        "cellprofiler",
+        ImportConfig(input=str(load), root=str(tmp_path), out=str(out), metadata=str(meta)),
+    )
+    orf, guide = _rows(out)
+    assert (orf["perturbation_type"], orf["target"], orf["group"]) == ("orf", "NAT1", "novel")
+    # a no-guide CRISPR well names no gene: no target, not a genetic evaluation well
+    assert guide["perturbation_type"] == "crispr" and guide["target"] is None
+    assert guide["group"] == "extra"

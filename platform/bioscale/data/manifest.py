@@ -37,6 +37,8 @@ METADATA_COLUMNS = (
 )
 GROUPS = ("seen", "novel", "extra", "control")
 PERTURBATION_TYPES = ("compound", "orf", "crispr", "control")
+#: Perturbation types that perturb one gene (named in ``target``).
+GENETIC_TYPES = ("orf", "crispr")
 FEATURES = "features"
 #: Parquet schema-metadata keys bioscale writes.
 META_KIND = b"bioscale.kind"

@@ -136,6 +136,7 @@ def write_sites(sites: list[Site], dyes: list[str], cfg: ImportConfig) -> Import
             cols[f"{mf.ILLUM_PREFIX}{d}"] = []
     perturbations: dict[str, str | None] = {}
     controls: set[str] = set()
+    genetic: set[str] = set()
     for s in sites:
         info = meta.lookup(s.plate, s.well) if meta else {}
         plate_info = meta.plate(s.plate) if meta else {}
@@ -162,7 +163,11 @@ def write_sites(sites: list[Site], dyes: list[str], cfg: ImportConfig) -> Import
             perturbations[pid] = info.get("moa")
             if info.get("perturbation_type") == "control":
                 controls.add(pid)
+            elif info.get("perturbation_type") in mf.GENETIC_TYPES and info.get("target"):
+                genetic.add(pid)
     groups = assign_groups(perturbations, controls, cfg.novel_fraction)
+    # ORF/CRISPR wells of a known gene are evaluation data (the genetic task), never trained on
+    groups.update({pid: "novel" for pid in genetic})
     # A site without a known perturbation carries no task label: IBP-only data ("extra").
     cols["group"] = [groups.get(p, "extra") if p else "extra" for p in cols["perturbation_id"]]
     path = mf.write_images(cfg.out, cols, dyes)

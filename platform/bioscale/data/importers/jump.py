@@ -60,6 +60,10 @@ def _read_wells(path: Path, plates: set[str]) -> list[dict[str, str]]:
     return table.filter(keep).to_pylist()
 
 
+#: CRISPR/ORF "symbols" that name no gene (JUMP's crispr.csv controls).
+_NO_GENE = {"no-guide", "non-targeting", "BFP", "HcRed", "LacZ", "LUCIFERASE", "eGFP"}
+
+
 def _strip(row: dict[str, str]) -> dict[str, str]:
     return {k.removeprefix("Metadata_"): v for k, v in row.items()}
 
@@ -84,6 +88,7 @@ class JumpMetadata:
         self.annotations: dict[str, dict[str, str | None]] = {}
         self.controls: set[str] = set()
         self.kinds: dict[str, str] = {}  # JCP2022 → orf | crispr
+        self.genes: dict[str, str] = {}  # JCP2022 → the gene an ORF or CRISPR guide perturbs
         self.platemaps: dict[str, dict[str, dict[str, str | None]]] = {}  # type → well → compound
 
     @classmethod
@@ -120,6 +125,9 @@ class JumpMetadata:
             if p := _find(root, kind):
                 for r in map(_strip, _read(p)):
                     meta.kinds[r["JCP2022"]] = kind
+                    symbol = _clean(r.get("Symbol"))
+                    if symbol and symbol not in _NO_GENE:
+                        meta.genes[r["JCP2022"]] = symbol
         meta._load_annotations(root)
         if not (meta.plates or meta.wells):
             raise ManifestError(
@@ -206,6 +214,7 @@ class JumpMetadata:
             "inchikey": inchikey,
             "smiles": compound.get("smiles"),
             "moa": note.get("moa"),
-            "target": note.get("target") or compound.get("target"),
+            # an ORF or CRISPR guide's target is its gene (the genetic evaluation pairs them)
+            "target": note.get("target") or compound.get("target") or self.genes.get(pid),
             "concentration": float(conc) if conc else None,
         }
