@@ -54,3 +54,26 @@ def test_layer_search_picks_a_layer_per_trial_and_keeps_its_curves(searched_stud
         with open(path) as fh:
             curves = json.load(fh)
         assert curves, "the per-layer validation curves are the trial's artifact"
+
+
+def test_the_four_objective_example_plans_every_objective_on_natural_images(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from bioscale.data.natural import SynthNaturalConfig, generate_natural
+    from bioscale.study.plan import plan
+    from bioscale.study.spec import StudySpec
+
+    example = Path(__file__).resolve().parents[1] / "jobs/studies/natural-four-objectives.yaml"
+    study = yaml.safe_load(example.read_text())
+    manifest = generate_natural(SynthNaturalConfig(per_class=12, size=32), tmp_path / "data")
+    study["data"]["manifest"] = str(manifest)
+    planned = plan(StudySpec.from_dict(study), manifest)
+    assert {t.params["objective"] for t in planned.trials} == {
+        "supervised",
+        "ibp",
+        "harmonized",
+        "mae",
+    }
+    assert not planned.dropped and not [why for _, why in planned.skipped if "harmonized" in why]
