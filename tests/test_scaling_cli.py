@@ -122,3 +122,15 @@ def test_fit_and_report_from_an_mlflow_experiment(finished_study, tmp_path):
     tracker = finished_study["tracker"]
     exp = finished_study["result"].experiment_id
     assert len(tracker.runs(exp, "report")) == 1  # re-reporting updates, never piles up
+
+
+def test_the_report_metric_falls_back_to_seen_compounds_where_nothing_is_novel():
+    # natural images: a class no objective trained on cannot be named, so trials have no
+    # novel-compound probe and the study is reported on held-out wells of seen classes
+    from bioscale.study.analysis import PRIMARY_METRIC, SEEN_METRIC, _primary_metric
+
+    novel = [{PRIMARY_METRIC: 0.4, SEEN_METRIC: 0.8}, {PRIMARY_METRIC: float("nan")}]
+    natural = [{SEEN_METRIC: 0.8, "N": 1.0}, {SEEN_METRIC: 0.9}]
+    assert _primary_metric(novel) == PRIMARY_METRIC
+    assert _primary_metric(natural) == SEEN_METRIC
+    assert _primary_metric([{"N": 1.0}]) == PRIMARY_METRIC  # nothing to report: say the default

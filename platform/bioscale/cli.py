@@ -480,7 +480,7 @@ def cmd_scaling_report(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     targets = [args.target] if args.target is not None else None
     if args.experiment is not None:
-        from bioscale.study.analysis import PRIMARY_METRIC, analyse
+        from bioscale.study.analysis import analyse
         from bioscale.study.tracking import Tracker
 
         tracker = Tracker(
@@ -499,7 +499,7 @@ def cmd_scaling_report(args: argparse.Namespace) -> int:
             parents[0].info.run_id,
             args.experiment,
             out,
-            metric=args.metric or PRIMARY_METRIC,
+            metric=args.metric,
             targets=targets,
             n_boot=args.bootstrap,
         )

@@ -17,6 +17,19 @@ from bioscale.scaling.runs import runs_table, write_csv
 from bioscale.study.tracking import Tracker
 
 PRIMARY_METRIC = "probe/moa/novel_compounds/top1"
+SEEN_METRIC = "probe/moa/seen_compounds/top1"
+
+
+def _primary_metric(rows: list[dict]) -> str:
+    """Novel-compound MoA top-1 where trials have it, else the seen-compound one."""
+    import math
+
+    def has(name: str) -> bool:
+        return any(isinstance(r.get(name), float | int) and math.isfinite(r[name]) for r in rows)
+
+    return PRIMARY_METRIC if has(PRIMARY_METRIC) or not has(SEEN_METRIC) else SEEN_METRIC
+
+
 #: curve families: along D at each fixed (objective, rung), along N at each fixed (objective, diet)
 CURVES = (CurveSpec(axes=("D",), split_by=("rung",)), CurveSpec(axes=("N",), split_by=("diet",)))
 _PROBE_NOTE = (
@@ -108,15 +121,19 @@ def analyse(
     parent_id: str,
     study: str,
     out_dir: Path,
-    metric: str = PRIMARY_METRIC,
+    metric: str | None = None,
     targets: list[float] | None = None,
     n_boot: int = N_BOOT,
 ) -> Analysis:
-    """Fit, forecast, plot, report and log; returns where everything went."""
+    """Fit, forecast, plot, report and log; returns where everything went. ``metric`` defaults
+    to MoA top-1 on novel compounds, or on held-out wells of seen ones where no trial has a
+    novel-compound probe (natural images: a class never trained on cannot be named)."""
     from bioscale.eval.visualize import report_panels
 
     report_dir = Path(out_dir) / "report"
     rows = runs_table(tracker.client, experiment_id)
+    metric = metric or _primary_metric(rows)
+    split = metric.split("/")[2].replace("_", " ") if metric.count("/") == 3 else metric
     table = write_csv(rows, report_dir / "trials.csv")
     # ``bioscale visualize`` output under <out>/visualize/: one panel per objective
     panels = report_panels(rows, out_dir, report_dir)
@@ -126,8 +143,8 @@ def analyse(
         title=study,
         source=tracker.uri,
         metric=metric,
-        metric_label="MoA top-1 on novel compounds",
-        ylabel="error = 1 − top-1 (novel compounds)",
+        metric_label=f"MoA top-1 on {split}",
+        ylabel=f"error = 1 − top-1 ({split})",
         direction="higher",
         group=("objective",),
         specs=CURVES,
@@ -144,9 +161,7 @@ def analyse(
             "seed",
             "epochs",
             "lr",
-            metric,
-            metric.replace("/top1", "/top10"),
-            "probe/moa/seen_compounds/top1",
+            *dict.fromkeys([metric, metric.replace("/top1", "/top10"), SEEN_METRIC]),
             "probe_selection",
             "probe/moa/best_layer",
             "compute/flops",

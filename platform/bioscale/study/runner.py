@@ -283,13 +283,20 @@ def _make_callback(
                 writer.text(key, CURVES_ARTIFACT, last[CURVES_ARTIFACT])
             writer.finish(key, "FINISHED")
             self.finished += 1
-            probe = last.get("probe/moa/novel_compounds/top1", float("nan"))
+            split = next(
+                (s for s in ("novel_compounds", "seen_compounds") if f"probe/moa/{s}/top1" in last),
+                None,
+            )
+            probe = (
+                f"MoA top-1 on {split.replace('_', ' ')} {last[f'probe/moa/{split}/top1']:.3f}"
+                if split
+                else "no MoA probe"
+            )
             progress(
                 f"  ✓ trial {payload['position'] + 1}/{total} finished in "
                 f"{last.get('perf/trial_seconds', 0.0):.1f} s "
                 f"({int(last.get('train/epochs', 0))} epochs, "
-                f"{last.get('compute/seconds', 0.0):.1f} s training): "
-                f"MoA top-1 on novel compounds {probe:.3f}"
+                f"{last.get('compute/seconds', 0.0):.1f} s training): {probe}"
             )
 
         def on_trial_error(self, iteration, trials, trial, **info):
