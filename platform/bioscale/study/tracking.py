@@ -50,9 +50,10 @@ class Tracker:
         )
         self.retry_seconds = retry_seconds
         if _is_server(uri):
-            # MLflow's own HTTP retries default to 7 with a factor-2 backoff (minutes per call);
-            # keep them short so `_retry` (bounded by retry_seconds) is the one in charge
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            # MLflow's own HTTP retries (7, factor-2 backoff: minutes per call) re-send a request
+            # whose answer was lost, and a re-sent runs/create makes a second run; `_retry` is the
+            # only retry layer (bounded by retry_seconds, and it finds a run already made)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self._check_reachable()
         self.client = MlflowClient(tracking_uri=uri)
