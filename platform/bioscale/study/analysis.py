@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,6 @@ SEEN_METRIC = "probe/moa/seen_compounds/top1"
 
 def _primary_metric(rows: list[dict]) -> str:
     """Novel-compound MoA top-1 where trials have it, else the seen-compound one."""
-    import math
 
     def has(name: str) -> bool:
         return any(isinstance(r.get(name), float | int) and math.isfinite(r[name]) for r in rows)

@@ -225,6 +225,11 @@ def _skipped(entries: dict[str, str], n_train: int, spec: StudySpec) -> dict[str
     return {"train/skipped_samples": len(entries), SKIPPED_ARTIFACT: json.dumps(entries)}
 
 
+#: Text artifacts a trial reports by name in its results (the layer-search curves, the skipped
+#: sites); the driver logs each on the trial's run.
+TEXT_ARTIFACTS = (CURVES_ARTIFACT, SKIPPED_ARTIFACT)
+
+
 def _make_callback(
     writer: TrialWriter, total: int, progress: Progress, earlier_runs: dict[str, str]
 ):
@@ -277,10 +282,9 @@ def _make_callback(
             writer.metrics(
                 key, {"perf/overhead_seconds": overhead}, step=int(last.get("train/epochs", 0))
             )
-            if last.get(SKIPPED_ARTIFACT):
-                writer.text(key, SKIPPED_ARTIFACT, last[SKIPPED_ARTIFACT])
-            if CURVES_ARTIFACT in last:  # layer search: the per-layer validation curves
-                writer.text(key, CURVES_ARTIFACT, last[CURVES_ARTIFACT])
+            for name in TEXT_ARTIFACTS:
+                if last.get(name):
+                    writer.text(key, name, last[name])
             writer.finish(key, "FINISHED")
             self.finished += 1
             split = next(
