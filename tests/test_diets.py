@@ -6,6 +6,7 @@ import pytest
 from bioscale.data import manifest as mf
 from bioscale.data.diets import Diet, select
 from bioscale.data.splits import SampleIndex, SplitConfig
+from bioscale.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,46 @@ def test_probe_sets_are_fixed_per_seen_compound(index):
     assert set(index.role[index.group == "novel"]) == {"novel_test"}
 
 
+def test_evaluation_control_wells_are_reserved_per_plate_and_never_trained_on(index):
+    controls = index.where(groups=frozenset({"control"}))
+    reserved = index.where(role="eval_control")
+    assert set(index.group[reserved]) == {"control"}
+    for plate in np.unique(index.plate[controls]):
+        on_plate = controls[index.plate[controls] == plate]
+        # half of the plate's 16 DMSO wells; the rest stay trainable (pool) or early-stop
+        assert (index.role[on_plate] == "eval_control").sum() == len(on_plate) // 2
+        assert (index.role[on_plate] == "pool").any()
+    for f in (0.1, 0.5, 1.0):
+        sel = select(index, Diet(replicates=f, extra="all", controls=True), IBP)
+        assert "control" in set(index.group[sel.rows])
+        assert not set(sel.rows) & set(reserved)
+    with pytest.raises(ConfigError, match="eval_controls"):
+        SplitConfig(eval_controls=1.5)
+
+
 def test_diet_rejects_bad_values():
     with pytest.raises(ValueError, match="replicates"):
         Diet(replicates=0.0)
     with pytest.raises(ValueError, match="extra"):
         Diet(extra=-1)
+
+
+def test_the_roles_version_keys_only_trials_whose_rows_it_changed(synth_manifest, monkeypatch):
+    import bioscale.study.plan as plan_module
+    from bioscale.study.spec import StudySpec
+
+    def key(controls: bool, **splits):
+        spec = {
+            "name": "k",
+            "data": {"synthetic": {}, "splits": splits},
+            "grids": [{"rung": ["debug"], "diet": [{"controls": controls}], "objective": ["ibp"]}],
+            "train": {"budget": {"epochs": 1}},
+        }
+        return plan_module.plan(StudySpec.from_dict(spec), synth_manifest).trials[0].key
+
+    with_controls, without = key(True), key(False)
+    assert key(True, eval_controls=0.25) != with_controls  # other control wells in the diet
+    # profiles without controls train on the same rows as under v1 roles: same key
+    assert key(False, eval_controls=0.25) == without
+    monkeypatch.setattr(plan_module, "ROLES_VERSION", 1)  # trials keyed before roles v2
+    assert key(True) != with_controls and key(False) == without

@@ -180,16 +180,69 @@ def test_alignment_score_is_one_over_ceiling_for_identical_maps_and_zero_for_noi
     assert dice[0] == 1.0 and iou[0] == 1.0
 
 
-def test_sites_are_averaged_to_wells_per_role():
+def test_sites_are_averaged_to_one_row_per_well_and_a_well_has_one_role():
     cols = {
         "emb": np.array([[0.0], [2.0], [4.0], [8.0]], dtype=np.float32),
         "well": np.array([5, 5, 6, 6]),
-        "role": np.array([0, 0, 0, 2]),  # the last site has another role: kept apart
+        "role": np.array([0, 0, 2, 2]),
         "label": np.array([1, 1, 2, 2]),
     }
     out = to_wells(cols)
-    assert sorted(out["emb"][:, 0].tolist()) == [1.0, 4.0, 8.0]
-    assert len(out["role"]) == 3
+    assert sorted(out["emb"][:, 0].tolist()) == [1.0, 6.0]
+    assert sorted(out["role"].tolist()) == [0, 2]
+    # a probe batch whose well is half probe_train, half probe_test would train and test on it
+    with pytest.raises(ValueError, match="well code 6 carry different roles"):
+        to_wells({**cols, "role": np.array([0, 0, 0, 2])})
+
+
+def _multisite_index(splits=None):
+    """An image-like manifest: 8 plates, 3 sites per well, 6 DMSO wells per plate."""
+    import pyarrow as pa
+
+    from bioscale.data.splits import SampleIndex, SplitConfig
+
+    rows = []
+    for p in range(8):
+        layout = [("c0", "seen"), ("c1", "seen"), ("x0", "extra"), ("n0", "novel")]
+        layout += [("DMSO", "control")] * 6
+        for w, (pid, group) in enumerate(layout):
+            for site in (1, 2, 3):
+                rows.append((f"P{p}", f"A{w:02d}", site, pid, group))
+    plate, well, site, pid, group = (list(c) for c in zip(*rows, strict=True))
+    n = len(rows)
+    table = pa.table(
+        {
+            "sample_id": [f"{a}_{b}_s{c}" for a, b, c in zip(plate, well, site, strict=True)],
+            "source": ["s"] * n,
+            "batch": ["b"] * n,
+            "plate": plate,
+            "well": well,
+            "site": site,
+            "perturbation_id": pid,
+            "group": group,
+            "moa": [None if g in ("extra", "control") else "m" for g in group],
+            "target": [None] * n,
+            "perturbation_type": ["control" if g == "control" else "compound" for g in group],
+        }
+    )
+    return SampleIndex.from_table(table, splits or SplitConfig())
+
+
+def test_roles_are_assigned_to_whole_wells_and_diets_never_take_a_reserved_site():
+    from bioscale.data.diets import Diet, select
+
+    index = _multisite_index()
+    wells = np.array([k.rsplit("/", 1)[0] for k in index.key])
+    for well in np.unique(wells):
+        assert len(set(index.role[wells == well])) == 1, well
+    # counts are wells per seen compound: 2 probe_test wells = 6 sites
+    roles = list(index.role[index.perturbation_id == "c0"])
+    assert roles.count("probe_test") == 6 and roles.count("probe_train") == 6
+    assert roles.count("probe_val") == 3 and roles.count("es_val") == 3
+    reserved = set(wells[index.role != "pool"])
+    for diet in (Diet(replicates=f, extra="all", controls=True) for f in (0.2, 0.5, 1.0)):
+        picked = select(index, diet, frozenset({"seen", "extra"})).rows
+        assert not reserved & set(wells[picked])
 
 
 def test_probe_rows_of_the_manifest_carry_controls_codes_and_split_targets(synth_manifest):
@@ -203,7 +256,7 @@ def test_probe_rows_of_the_manifest_carry_controls_codes_and_split_targets(synth
     role = t.columns["role"]
     assert set(np.unique(role)) == set(ROLE_CODES.values())
     controls = role == ROLE_CODES["control"]
-    assert controls.sum() == len(index.where(groups=frozenset({"control"})))
+    np.testing.assert_array_equal(np.sort(t.rows[controls]), index.where(role="eval_control"))
     assert (t.columns["label"][controls] == -1).all()
     assert (t.columns["target_0"][~controls] >= -1).all()
     assert len(np.unique(t.columns["plate"])) == len(set(index.plate))
@@ -245,3 +298,24 @@ def test_study_eval_names_are_validated_and_become_the_probe_tasks():
     with pytest.raises(ConfigError, match="probe readout"):
         StudySpec.from_dict({**base, "probe": {"readouts": ["linear", "svm"]}})
     assert default_tasks("natural") == ("moa",)
+
+
+def test_normaliser_statistics_come_only_from_the_evaluation_control_wells(synth_manifest):
+    from bioscale.data import manifest as mf
+    from bioscale.data.splits import SampleIndex, SplitConfig
+    from bioscale.eval.probe_sets import probe_set_targets
+    from bioscale.eval.tasks import probe_rows
+
+    index = SampleIndex.from_table(mf.read_metadata(synth_manifest), SplitConfig())
+    t = probe_set_targets(index)
+    # the control wells diets may train on (controls: true) are not even in the probe batch
+    assert not set(t.rows) & set(index.where(role="pool"))
+    _, x = mf.read_features(synth_manifest, list(index.sample_id[t.rows]))
+    rows = probe_rows({"emb": x, **t.columns}, replace(FAST, sphere=False, clip=None))
+    evaluation = np.isin(t.rows, index.where(role="eval_control"))
+    np.testing.assert_array_equal(rows.is_control, evaluation)
+    for plate in np.unique(rows.plate):
+        z = rows.z[evaluation & (rows.plate == plate)]  # robust z of that plate's eval controls
+        np.testing.assert_allclose(np.median(z, axis=0), 0.0, atol=1e-6)
+        mad = MAD_TO_SD * np.median(np.abs(z - np.median(z, axis=0)), axis=0)
+        np.testing.assert_allclose(mad, 1.0, rtol=1e-5)

@@ -13,8 +13,10 @@ def image_study(ray_local, tmp_path_factory):
     from bioscale.study.spec import StudySpec
 
     out = tmp_path_factory.mktemp("images")
-    # 4 MoAs × 3 compounds + 4 extra, 2 plates × 2 sites per well, 64 px sites with expert maps
-    manifest = generate_images(SynthImagesConfig(size=64, cell_radius=10.0), out / "data").manifest
+    # 4 MoAs × 3 compounds + 4 extra, 4 plates × 2 sites per well, 64 px sites with expert maps:
+    # a seen compound's 4 wells fill probe_train/val/test (roles are per well) and the pool
+    cfg = SynthImagesConfig(size=64, cell_radius=10.0, plates_per_batch=2)
+    manifest = generate_images(cfg, out / "data").manifest
     # one site of a seen compound is damaged on disk: the trials skip it and say so
     import pyarrow.parquet as pq
 

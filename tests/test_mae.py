@@ -209,7 +209,9 @@ def test_plan_drops_cnn_rungs_for_mae_and_keeps_vit(tmp_path):
     from bioscale.study.spec import StudySpec
 
     manifest = generate_images(
-        SynthImagesConfig(size=32, cell_radius=6.0, expert_maps=False), tmp_path
+        # 4 plates: a seen compound's 4 wells fill probe_train/val/test (whole wells) + the pool
+        SynthImagesConfig(size=32, cell_radius=6.0, expert_maps=False, plates_per_batch=2),
+        tmp_path,
     ).manifest
     spec = StudySpec.from_dict(
         {

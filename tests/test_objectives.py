@@ -64,3 +64,34 @@ def test_loss_backpropagates_into_the_backbone():
     terms = objective.loss_terms(net, {"x": torch.randn(8, 6), "y": torch.randint(0, 3, (8,))})
     terms["loss"].backward()
     assert backbone.stem[0].weight.grad is not None
+
+
+def test_supervised_target_trains_a_multi_target_compound_on_each_of_its_targets():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    objective = objectives.build("supervised", {"task": "target"})
+    index = SimpleNamespace(target=np.array(["EGFR|ERBB2", "EGFR", "KIT", None], dtype=object))
+    rows = np.arange(4)
+    space = objective.label_space(index, rows)
+    # split as the target probes split them: "EGFR|ERBB2" is two classes, not a third
+    assert space.classes == {"y": ["EGFR", "ERBB2", "KIT"]}
+    coded = space.encode(index, rows, objective.raw_labels(index))
+    assert coded.rows.tolist() == [0, 1, 2]  # the unlabelled row is dropped
+    assert coded.columns["y"].tolist() == [0, 0, 2] and coded.columns["y_1"].tolist() == [1, -1, -1]
+
+    logits = torch.zeros(1, 3, requires_grad=True)
+    batch = {"x": torch.zeros(1, 2), "y": torch.tensor([0]), "y_1": torch.tensor([1])}
+    loss = objective.loss_terms(ConstantLogits(logits), batch)["loss"]
+    assert loss.item() == pytest.approx(math.log(3), rel=1e-6)  # mean CE over its two targets
+    loss.backward()
+    # gradient descent raises both targets' logits (softmax 1/3 minus 1/2 each), lowers the other
+    assert logits.grad[0, 0].item() == pytest.approx(1 / 3 - 1 / 2, rel=1e-5)
+    assert logits.grad[0, 1].item() == pytest.approx(1 / 3 - 1 / 2, rel=1e-5)
+    assert logits.grad[0, 2].item() == pytest.approx(1 / 3, rel=1e-5)
+    # a padded second target (-1) leaves a sample with one target its plain CE
+    one = {"x": torch.zeros(2, 2), "y": torch.tensor([0, 2]), "y_1": torch.tensor([1, -1])}
+    value = objective.loss_terms(ConstantLogits(torch.tensor([[2.0, 0.0, 0.0]] * 2)), one)["loss"]
+    lse = math.log(math.exp(2.0) + 2.0)
+    assert value.item() == pytest.approx(((lse - 2.0) + lse + lse) / 3, rel=1e-6)

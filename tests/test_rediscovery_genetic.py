@@ -74,6 +74,24 @@ def test_zprime_of_hand_computed_samples():
     assert np.isnan(zprime(pos[:1], neg))
 
 
+def test_zprime_is_cross_fitted_so_noise_in_high_dimension_is_not_separable():
+    from bioscale.eval.genetic import separability
+
+    rng = np.random.default_rng(3)
+    d, wells, controls = 512, 4, 16
+    z = rng.normal(size=(wells + controls, d))  # pure noise: no perturbation effect
+    pert = np.r_[np.zeros(wells, dtype=np.int64), np.full(controls, -1)]
+    is_control = pert < 0
+    # the in-sample axis fits the wells' own noise: a gap of ~sqrt(d / wells) and a good-looking Z'
+    axis = z[~is_control].mean(axis=0) - z[is_control].mean(axis=0)
+    axis /= np.linalg.norm(axis)
+    assert zprime(z[~is_control] @ axis, z[is_control] @ axis) > 0.4
+    assert separability(z, pert, is_control)["zprime"] <= 0.0
+    # a real effect along one direction stays separable when cross-fitted
+    z[~is_control, 0] += 40.0
+    assert separability(z, pert, is_control)["zprime"] > 0.5
+
+
 @pytest.fixture(scope="module")
 def genetic_screen(tmp_path_factory):
     from bioscale.data.synth import SynthProfilesConfig, generate_profiles

@@ -146,7 +146,9 @@ def test_visualize_cellpainting_trial_renders_a_dye_composite(tmp_path):
     from bioscale.eval.visualize import DEFAULT_TARGETS, visualize_run
     from bioscale.study.spec import StudySpec
 
-    data = generate_images(SynthImagesConfig(size=64, cell_radius=10.0), tmp_path / "data")
+    # 4 plates: a seen compound's 4 wells fill probe_train/val/test (whole wells) + the pool
+    cfg = SynthImagesConfig(size=64, cell_radius=10.0, plates_per_batch=2)
+    data = generate_images(cfg, tmp_path / "data")
     study = _study(
         "pytest-visualize-cp",
         "cellpainting",

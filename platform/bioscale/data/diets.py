@@ -3,7 +3,9 @@
 Per compound, pool samples are ranked by hash(sample key, diet_seed) and the first
 max(1, ⌈f·n⌉) are kept; extra compounds are ranked by hash(compound, diet_seed) and the first k
 kept. Because the ranking never depends on f or k, every smaller diet is a subset of every larger
-one with the same ``diet_seed``, on every machine.
+one with the same ``diet_seed``, on every machine. Diets draw only from the ``pool`` role, which
+holds whole wells (``bioscale.data.splits``): a diet never takes a site of a probe,
+early-stopping or evaluation-control well.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Embedding normalisation against negative controls, as image-based profiling does it.
 
-Per plate, every feature is centred on the plate's control median and scaled by the controls'
-MAD (robust z-score; pycytominer's ``mad_robustize``), which removes the plate's technical
-offset and gain. Optionally the result is then sphered (ZCA-whitened) with a covariance fitted on
-the controls pooled across plates: per-plate control sets (16 wells on a JUMP plate) are far too
+The controls are the evaluation control wells of the probe rows (``bioscale.data.splits`` role
+``eval_control``), never wells a diet trains on. Per plate, every feature is centred on the
+plate's control median and scaled by the controls' MAD (robust z-score; pycytominer's
+``mad_robustize``), which removes the plate's technical offset and gain. Optionally the result is
+then sphered (ZCA-whitened) with a covariance fitted on the controls pooled across plates:
+per-plate control sets (8 of a JUMP plate's 16 control wells, by default) are far too
 few for a full-rank covariance of a 256-1024-wide embedding, so the pooled covariance is shrunk
 toward a scaled identity (Ledoit-Wolf by default, or a fixed shrinkage).
 """
@@ -83,9 +85,10 @@ def fit_normaliser(
     controls = np.asarray(is_control, dtype=bool)
     if controls.sum() < 2:
         raise ValueError(
-            "normalisation against controls needs at least 2 control wells among the probe "
-            f"rows, got {int(controls.sum())}; set probe.normalise: none for data without "
-            "negative controls"
+            "normalisation against controls needs at least 2 evaluation control wells among the "
+            f"probe rows, got {int(controls.sum())}; raise data.splits.eval_controls (the share "
+            "of each plate's control wells reserved for evaluation), or set probe.normalise: "
+            "none for data without negative controls"
         )
     plates = np.unique(plate[controls])
     stats = [_robust_stats(emb[controls & (plate == p)], eps) for p in plates]

@@ -1,9 +1,12 @@
-"""The probe rows of every trial: the fixed probe sets plus the control wells, with their codes.
+"""The probe rows of every trial: the fixed probe sets plus the evaluation control wells, with
+their codes.
 
 Identical for every diet, seed and objective (a pure function of the manifest and its roles).
+The control rows are the ``eval_control`` wells (``bioscale.data.splits``), which no diet trains
+on: normalisation statistics and retrieval negatives never come from wells an objective saw.
 Columns (int64, aligned with ``rows``; see ``bioscale.eval.tasks``):
 
-- ``role``: ``ROLE_CODES`` (``control`` for negative-control wells);
+- ``role``: ``ROLE_CODES`` (``control`` for the evaluation control wells);
 - ``label``: MoA code over the MoAs of ``seen`` compounds (-1: control);
 - ``target_0..target_{K-1}``: target codes over the targets of ``seen`` compounds (-1 padding;
   the manifest's ``target`` may list several, ``|``-separated);
@@ -57,8 +60,8 @@ def genetic_rows(index: SampleIndex) -> np.ndarray:
 
 def probe_set_targets(index: SampleIndex) -> Targets:
     """Probe-set rows of labelled compounds (a novel compound whose MoA no seen compound has
-    cannot be probed), every control well and every genetic well, with the columns of the module
-    docstring."""
+    cannot be probed), the evaluation control wells and every genetic well, with the columns of
+    the module docstring."""
     genetic = genetic_rows(index)
     seen = index.where(groups=frozenset({"seen"}))
     vocab = sorted({m for m in index.moa[seen] if m})
@@ -67,7 +70,7 @@ def probe_set_targets(index: SampleIndex) -> Targets:
     rows = np.setdiff1d(index.where(role=probe_roles), genetic)
     label = np.array([lookup.get(m, -1) for m in index.moa[rows]], dtype=np.int64)
     rows, label = rows[label >= 0], label[label >= 0]
-    controls = index.where(groups=frozenset({"control"}))
+    controls = index.where(role="eval_control")
     role = np.array(
         [ROLE_CODES[r] for r in index.role[rows]] + [ROLE_CODES["control"]] * len(controls),
         dtype=np.int64,

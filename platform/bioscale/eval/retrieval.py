@@ -4,7 +4,8 @@ strength and similarity").
 
 Each compound well is a query; its positives are the wells that should retrieve it (replicates of
 the same compound, or wells of *other* compounds with the same MoA) and its negatives are the
-negative-control wells. Cosine similarity ranks them; AP per well, mAP per compound, a p-value per
+evaluation control wells (``bioscale.data.splits`` role ``eval_control``: negative-control wells
+no diet trains on). Cosine similarity ranks them; AP per well, mAP per compound, a p-value per
 compound from copairs' permutation null (FDR-corrected), and:
 
 - ``retrieval/<task>/map``: mean over compounds of the per-compound mAP;

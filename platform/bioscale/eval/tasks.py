@@ -5,8 +5,8 @@ columns: ``role`` (``ROLE_CODES``), ``label`` (MoA code, -1 none), ``target_0..t
 (target codes, -1 padding: a compound may have several targets), and the codes ``plate``,
 ``source``, ``compound`` and ``well``; with genetic wells also ``ptype`` (perturbation type) and
 ``gene`` (``bioscale.eval.probe_sets``). Sites of one well are averaged first; embeddings are then
-normalised against the control wells (``bioscale.eval.normalise``) and every task of
-``ProbeConfig.tasks`` reads what it needs.
+normalised against the evaluation control wells (role ``control``: wells no diet trains on;
+``bioscale.eval.normalise``) and every task of ``ProbeConfig.tasks`` reads what it needs.
 """
 
 from __future__ import annotations
@@ -80,18 +80,29 @@ def target_columns(columns: dict[str, np.ndarray]) -> list[str]:
 
 
 def to_wells(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Average the embeddings of sites (or crops) of one well; one row per (well, role).
+    """Average the embeddings of sites (or crops) of one well; one row per well.
 
-    Sites of a well keep separate rows when their roles differ (roles are fixed per site).
-    Without a ``well`` column, or with one row per well already, the columns are returned as is.
+    Roles are fixed per well (``bioscale.data.splits``), so every site of a well has the same
+    role. Without a ``well`` column, or with one row per well already, the columns are returned
+    as is.
+
+    Raises:
+        ValueError: sites of one well carry different roles (probe rows not built by
+            ``bioscale.eval.probe_sets.probe_set_targets`` from the manifest's roles).
     """
     if "well" not in columns:
         return columns
-    keys = np.stack([columns["well"], columns["role"]], axis=1)
-    uniq, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    if len(uniq) == len(keys):
-        return columns
+    uniq, first, inverse = np.unique(columns["well"], return_index=True, return_inverse=True)
     inverse = inverse.ravel()
+    mixed = columns["role"] != columns["role"][first][inverse]
+    if mixed.any():
+        well = int(columns["well"][np.flatnonzero(mixed)[0]])
+        raise ValueError(
+            f"probe batch: sites of well code {well} carry different roles; a well's sites share "
+            "its role (build probe rows with bioscale.eval.probe_sets.probe_set_targets)"
+        )
+    if len(uniq) == len(inverse):
+        return columns
     counts = np.bincount(inverse, minlength=len(uniq))[:, None]
     out = {k: v[first] for k, v in columns.items() if not is_embedding_column(k)}
     for key, emb in columns.items():
