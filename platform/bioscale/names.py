@@ -39,3 +39,15 @@ METRIC_PREFIXES = (
     "leakage/",
     "fit/",
 )
+#: The tag on a study run that says which driver holds the study now (``bioscale.study.lock``).
+LEASE = "bioscale.lease"
+
+
+def filter_value(value: str) -> str:
+    """``value`` as a string literal of an MLflow search filter: single-quoted, or double-quoted
+    when it holds a single quote (MLflow's filter grammar has no escape character)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both quote characters and cannot be searched for in MLflow")

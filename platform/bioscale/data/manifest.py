@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bioscale.errors import ManifestError
@@ -205,6 +206,11 @@ def manifest_sha(path: str | Path) -> str:
         raise ManifestError(
             f"manifest {path} does not exist; check data.manifest in the study YAML"
         ) from None
+    except IsADirectoryError:
+        raise ManifestError(
+            f"manifest {path} is a folder; data.manifest names the manifest file itself (e.g. "
+            f"{Path(path) / 'manifest.parquet'})"
+        ) from None
     return digest.hexdigest()
 
 
@@ -223,7 +229,8 @@ def inspect(path: str | Path) -> ManifestInfo:
     ).decode()
     n_features = None
     if FEATURES in schema.names:
-        n_features = schema.field(FEATURES).type.list_size
+        n_features = _feature_width(pf, str(path))
+    _check_unique_ids(pf, str(path))
     return ManifestInfo(
         path=str(Path(path).resolve()),
         sha=sha,
@@ -231,6 +238,64 @@ def inspect(path: str | Path) -> ManifestInfo:
         n_rows=pf.metadata.num_rows,
         n_features=n_features,
     )
+
+
+def _feature_width(pf: pq.ParquetFile, source: str) -> int:
+    """The fixed width F of ``features`` (``fixed_size_list<float>[F]``), or a ManifestError that
+    says what the column holds instead (ragged rows are named by sample)."""
+    ftype = pf.schema_arrow.field(FEATURES).type
+    if pa.types.is_fixed_size_list(ftype) and pa.types.is_floating(ftype.value_type):
+        return ftype.list_size
+    if pa.types.is_list(ftype) or pa.types.is_large_list(ftype):
+        table = pf.read(columns=["sample_id", FEATURES])
+        lengths = pc.list_value_length(table.column(FEATURES)).to_numpy(zero_copy_only=False)
+        widths = sorted({int(n) for n in lengths if n == n})
+        if len(widths) > 1:
+            common = np.bincount(lengths.astype(np.int64)).argmax()
+            odd = int(np.flatnonzero(lengths != common)[0])
+            raise ManifestError(
+                f"manifest {source}: 'features' is ragged (rows hold {widths[0]} to {widths[-1]} "
+                f"values; sample {table.column('sample_id')[odd].as_py()!r} has "
+                f"{int(lengths[odd])}, most have {int(common)}). Every profile needs the same "
+                "features in the same order: re-import the tables with `bioscale data import`."
+            )
+    raise ManifestError(
+        f"manifest {source}: 'features' is {ftype}, not a fixed-width list of floats "
+        "(fixed_size_list<float32>[F]); write profile manifests with "
+        "bioscale.data.manifest.write_profiles or `bioscale data import`"
+    )
+
+
+def _check_unique_ids(pf: pq.ParquetFile, source: str) -> None:
+    """Rows are selected by ``sample_id``: a duplicated id would mix two samples' labels and roles."""
+    ids = pf.read(columns=["sample_id"]).column("sample_id")
+    counts = pc.value_counts(ids)
+    dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        shown = ", ".join(repr(v) for v in dup.field("values")[:5].to_pylist())
+        raise ManifestError(
+            f"manifest {source}: {len(dup)} sample_id value(s) occur more than once ({shown}"
+            f"{', ...' if len(dup) > 5 else ''}); every row needs its own sample_id"
+        )
+
+
+def non_finite_features(path: str | Path, batch_rows: int = 16384) -> dict[str, str]:
+    """``{sample_id: first bad feature}`` of the profiles holding NaN or ±Inf, streamed in
+    batches of ``batch_rows`` rows (memory: one batch of features)."""
+    pf = pq.ParquetFile(path)
+    bad: dict[str, str] = {}
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=["sample_id", FEATURES]):
+        col = batch.column(1)
+        width = col.type.list_size
+        values = col.flatten().to_numpy(zero_copy_only=False).reshape(len(batch), width)
+        finite = np.isfinite(values)
+        rows = np.flatnonzero(~finite.all(axis=1))
+        if len(rows):
+            ids = batch.column(0)
+            for r in rows:
+                j = int(np.flatnonzero(~finite[r])[0])
+                bad[ids[int(r)].as_py()] = f"feature {j} = {values[r, j]}"
+    return bad
 
 
 def read_metadata(path: str | Path) -> pa.Table:

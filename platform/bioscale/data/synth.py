@@ -36,6 +36,7 @@ import numpy as np
 
 from bioscale.data import manifest as mf
 from bioscale.data.groups import assign_groups
+from bioscale.errors import ConfigError
 
 CONTROL_ID = "JCP2022_033924"  # the JUMP identifier of DMSO
 _ROWS = string.ascii_uppercase[:16]  # 384-well plate: A..P × 01..24
@@ -75,11 +76,11 @@ class SynthProfilesConfig:
             + 2 * self.n_genes
         )
         if wells > 384:
-            raise ValueError(f"{wells} wells per plate do not fit a 384-well plate")
+            raise ConfigError(f"{wells} wells per plate do not fit a 384-well plate")
         if self.n_moa < 2 or self.compounds_per_moa < 2:
-            raise ValueError("need at least 2 MoAs with at least 2 compounds each")
+            raise ConfigError("need at least 2 MoAs with at least 2 compounds each")
         if not 0 <= self.n_genes <= self.n_moa:
-            raise ValueError(f"n_genes must be in [0, n_moa={self.n_moa}], got {self.n_genes}")
+            raise ConfigError(f"n_genes must be in [0, n_moa={self.n_moa}], got {self.n_genes}")
 
     def as_dict(self) -> dict:
         """The config's fields, without the genetic ones while they are off (so screens made

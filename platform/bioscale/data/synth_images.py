@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from bioscale.data.importers import ImportConfig, import_dataset
 
 # Reused from the profile generator: DMSO's JUMP id, plate rows, synthetic InChIKey/SMILES, CSV.
 from bioscale.data.synth import _ROWS, CONTROL_ID, _inchikey, _smiles, _write_csv_gz
+from bioscale.errors import ConfigError
 
 DYES = ("DNA", "ER", "RNA", "AGP", "Mito")
 PHENIX_CHANNEL = {"DNA": 5, "ER": 2, "RNA": 6, "AGP": 3, "Mito": 4}
@@ -61,10 +63,11 @@ class SynthImagesConfig:
     def __post_init__(self) -> None:
         wells = self.n_moa * self.compounds_per_moa + self.n_extra + self.controls_per_plate
         if wells > 384:
-            raise ValueError(f"{wells} wells per plate do not fit a 384-well plate")
+            raise ConfigError(f"{wells} wells per plate do not fit a 384-well plate")
         if self.size < 4 * self.cell_radius:
-            raise ValueError(
-                f"size {self.size} is too small for cells of radius {self.cell_radius}"
+            raise ConfigError(
+                f"size {self.size} px is too small for cells of radius {self.cell_radius:g} px: "
+                f"use a size of at least {math.ceil(4 * self.cell_radius)} px (--size)"
             )
 
 

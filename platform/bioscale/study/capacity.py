@@ -68,6 +68,85 @@ class Cluster:
         return sorted({n.accelerator for n in self.nodes if n.accelerator})
 
 
+#: How long a Ray address may take to accept a TCP connection, and then to let a driver join,
+#: before it counts as unreachable (``ray.init`` itself retries a silent GCS for minutes).
+CONNECT_TIMEOUT_S = 10.0
+JOIN_TIMEOUT_S = 25.0
+
+
+_JOINED: set[str] = set()  # addresses this process has already checked
+
+
+def check_ray_address(
+    address: str, timeout_s: float = CONNECT_TIMEOUT_S, join_timeout_s: float = JOIN_TIMEOUT_S
+) -> None:
+    """Fail fast, naming the address, when a Ray cluster address does not answer.
+
+    ``host:port`` (the GCS, ``ray start --head`` prints it) and ``ray://host:port`` (Ray Client)
+    are probed with one TCP connection, then by joining from a short-lived process that is given
+    ``join_timeout_s``; ``auto`` and ``local`` are left to ``ray.init``."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from urllib.parse import urlsplit
+
+    if address in ("auto", "local") or address in _JOINED:
+        return
+    text = address if "://" in address else f"ray://{address}"
+    try:
+        parts = urlsplit(text)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if parts.scheme not in ("ray", "ray+tls") or not host or not port:
+        raise BioscaleError(
+            f"{address!r} is not a Ray cluster address; give host:port of its head (the GCS port, "
+            "6379 by default), ray://host:10001 for Ray Client, or auto"
+        )
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise BioscaleError(
+            f"cannot reach the Ray cluster at {address} (no answer from {host}:{port} within "
+            f"{timeout_s:g} s: {err}). Check that the cluster is up and the address and port are "
+            "right (`ray status` on the head prints them)."
+        ) from None
+    # the port answers; whether a Ray head answers on it, only a join tells (in its own process
+    # group, so that a join stuck in Ray's retries is stopped with everything it started)
+    probe = f"import ray; ray.init(address={address!r}, log_to_driver=False, logging_level='ERROR')"
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", probe],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout=join_timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise BioscaleError(
+                f"the Ray cluster at {address} did not let a driver join within "
+                f"{join_timeout_s:g} s: {host}:{port} accepts connections but no Ray head answers "
+                "there. Check the port (the head's GCS port, 6379 by default; `ray status` on the "
+                "head prints the address)."
+            ) from None
+        err.seek(0)
+        last = (err.read().strip().splitlines() or ["no output"])[-1]
+    if code != 0:
+        raise BioscaleError(
+            f"cannot join the Ray cluster at {address} ({last}). Check the address, and for a "
+            "token-authenticated cluster set RAY_AUTH_MODE=token with its token "
+            "(~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)."
+        )
+    _JOINED.add(address)
+
+
 def read_cluster(address: str) -> Cluster:
     """Join ``address`` briefly as a driver and read its nodes (needs ``RAY_AUTH_MODE=token`` and
     the token on a token-authenticated cluster)."""
@@ -75,6 +154,7 @@ def read_cluster(address: str) -> Cluster:
 
     if ray.is_initialized():
         return Cluster.from_ray_nodes(address, ray.nodes())
+    check_ray_address(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as err:

@@ -70,6 +70,14 @@ class Budget:
                 "train.budget needs exactly one of epochs, samples, "
                 f"samples_per_parameter (got {set_fields or 'none'})"
             )
+        (name,) = set_fields
+        value = getattr(self, name)
+        if (name == "epochs" and value < 1) or value <= 0:  # nothing trained, yet a result logged
+            raise ConfigError(
+                f"train.budget.{name} must be {'>= 1' if name == 'epochs' else '> 0'}, got "
+                f"{value!r}: a trial with no training would log probe metrics of an untrained "
+                "model"
+            )
 
     def resolve(self, n_params: int, d_samples: int) -> tuple[int, int | None]:
         """``(max_epochs, max_samples)`` for a rung of ``n_params`` on a diet of ``d_samples``."""
@@ -90,3 +98,10 @@ class EarlyStopping:
     patience: int = 10
     warmup_epochs: int = 5
     min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("patience", "warmup_epochs", "min_delta"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"train.early_stopping.{name} must be >= 0, got {getattr(self, name)!r}"
+                )

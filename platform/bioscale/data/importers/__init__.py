@@ -97,9 +97,30 @@ def order_dyes(dyes: list[str]) -> list[str]:
     return [d for d in CANONICAL_DYES if d in dyes] + [d for d in dyes if d not in CANONICAL_DYES]
 
 
+def _check_paths(cfg: ImportConfig) -> None:
+    """The input must be a file and the folders must exist (object-store URLs are not checked)."""
+    local = [p for p in (cfg.input,) if "://" not in p]
+    for path in local:
+        if Path(path).is_dir():
+            raise ManifestError(
+                f"{path} is a folder; name the dataset's index file (a LoadData .csv or a "
+                "CytoTable .parquet) inside it"
+            )
+        if not Path(path).exists():
+            raise ManifestError(f"{path} does not exist")
+    for flag, folder in (
+        ("--root", cfg.root),
+        ("--illum-root", cfg.illum_root),
+        ("--metadata", cfg.metadata),
+    ):
+        if folder is not None and "://" not in folder and not Path(folder).is_dir():
+            raise ManifestError(f"{flag} {folder} is not a folder; point it at an existing one")
+
+
 def import_dataset(fmt: str, cfg: ImportConfig) -> ImportSummary:
     """Read ``cfg.input`` with the importer ``fmt``, join metadata, assign groups, write."""
     _load_modules()
+    _check_paths(cfg)
     table = IMPORTERS.get(fmt)(cfg)
     dyes = table.dyes
     if cfg.dyes:
