@@ -354,3 +354,42 @@ def test_a_study_refused_at_plan_time_leaves_no_study_in_mlflow(bad, capsys):
     if (out / "mlflow.db").exists():
         client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
         assert client.get_experiment_by_name("bad-input") is None
+
+
+def test_unknown_tracking_scheme_is_refused_before_any_work(bad, capsys):
+    out = bad["root"] / "scheme"
+    study = _study(bad["root"], bad["manifest"], tracking={"uri": "mlfow://typo:5000"})
+    assert main(["study", "run", study, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown scheme 'mlfow'" in err and "http(s)://HOST:PORT" in err
+    assert not (out / "mlflow.db").exists()
+
+
+def test_a_tracking_server_with_credentials_in_its_uri_is_health_checked(tmp_path):
+    """``https://user:password@host`` is how basic-auth servers are often given: the health check
+    must reach ``/health`` on that host (without the credentials) instead of failing."""
+    import http.server
+    import threading
+
+    from bioscale.tracking_uri import check_reachable
+
+    seen = []
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Host")))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        check_reachable(f"http://bioscale:s3cret@127.0.0.1:{port}/")
+    finally:
+        server.shutdown()
+    assert seen == [("/health", f"127.0.0.1:{port}")]

@@ -89,6 +89,43 @@ def test_report_from_a_table(table, tmp_path):
     assert json.loads((tmp_path / "forecasts.json").read_text())["forecasts"]
 
 
+def _frontier_rows(val_twin: bool) -> list[dict]:
+    """Two runs per scale: the one with the better validation score reports
+    1 − (0.2 + 2·D^−0.3); the other scored 0.05 higher on the test split by luck."""
+    rows = []
+    for d in np.geomspace(100, 1e5, 6):
+        good = 1.0 - (0.2 + 2.0 * d**-0.3)
+        for lucky in (False, True):
+            row = {
+                "D": float(d),
+                "lr": 1e-3 if lucky else 1e-4,
+                "probe/moa/novel_compounds/top1": good + (0.05 if lucky else 0.0),
+                "val/best_loss": 2.0 if lucky else 1.0,
+            }
+            if val_twin:  # the probe's own validation split, preferred over the loss
+                row["probe/moa/val/top1"] = 0.3 if lucky else 0.4
+                row["val/best_loss"] = 1.0 if lucky else 2.0
+            rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize(("val_twin", "column"), [(False, "val/best_loss"), (True, "val/top1")])
+def test_frontier_selects_on_validation_and_reports_test(tmp_path, capsys, val_twin, column):
+    path = write_csv(_frontier_rows(val_twin), tmp_path / "runs.csv")
+    argv = ["fit", str(path), "--metric", "probe/moa/novel_compounds/top1", "--direction",
+            "higher", "--frontier", "--bootstrap", "0"]  # fmt: skip
+    assert main(argv) == 0
+    (fit,) = json.loads(capsys.readouterr().out)["fits"]
+    assert fit["params"]["E"] == pytest.approx(0.2, abs=1e-3)  # not 0.15: the lucky runs
+    assert fit["params"]["alpha"] == pytest.approx(0.3, abs=1e-3)
+    assert f"run with the {'lowest' if column == 'val/best_loss' else 'highest'}" in fit["note"]
+    assert column in fit["note"]
+    # selecting on the test score itself is possible, and biased: it takes the lucky runs
+    assert main([*argv, "--frontier-select", "probe/moa/novel_compounds/top1"]) == 0
+    (biased,) = json.loads(capsys.readouterr().out)["fits"]
+    assert biased["params"]["E"] == pytest.approx(0.15, abs=1e-3)
+
+
 def test_help_does_not_import_heavy_packages():
     import subprocess
     import sys
@@ -110,7 +147,7 @@ def test_fit_and_report_from_an_mlflow_experiment(finished_study, tmp_path):
     argv = ["fit", "--experiment", name, "--tracking-uri", uri, "--metric",
             "probe/moa/novel_compounds/top1", "--direction", "higher", "--group", "objective",
             "--bootstrap", "10", "--json", str(out)]  # fmt: skip
-    assert main(argv) == 0
+    assert main(argv) == 1  # no curve has enough scales to fit: said on stderr, JSON written
     fits = json.loads(out.read_text())["fits"]
     assert {f["group"]["objective"] for f in fits} == {"supervised", "ibp"}
     assert all(f["params"] is None and "distinct scales" in f["note"] for f in fits)

@@ -145,3 +145,27 @@ def test_objective_comparison_gives_exponent_difference_and_crossover():
     # 1·x^−0.5 = 0.2·x^−0.2 at x = 5^(1/0.3) ≈ 214: ibp overtakes within the data
     assert cmp["crossover"] == pytest.approx(5 ** (1 / 0.3), rel=0.3)
     assert cmp["within_observed"] and cmp["leader_after"] == {"objective": "ibp"}
+
+
+def test_without_intervals_a_target_below_the_fitted_floor_is_unreachable():
+    x = np.geomspace(100, 1e5, 6)
+    fit = fit_law(x, 0.1 + 2.0 * x**-0.35, law="power", n_boot=0)  # floor E = 0.1
+    assert fit.boot is None
+    below = forecast(fit, 0.05)
+    assert below.status == "unreachable" and below.reachable is False and below.value is None
+    assert "floor" in below.note and below.floor == pytest.approx(0.1, rel=1e-3)
+    above = forecast(fit, 0.15)  # reachable by the point estimate, but no interval to say so
+    assert above.status == "uncertain" and above.reachable is None
+    assert above.value == pytest.approx((2.0 / 0.05) ** (1 / 0.35), rel=1e-2)  # 3.7e4
+
+
+def test_bad_targets_and_axes_are_refused_with_the_reason(power_fit):
+    from bioscale.errors import BioscaleError
+
+    worst = float(power_fit.y.max())
+    with pytest.raises(BioscaleError, match="already met by every observed point"):
+        forecast(power_fit, worst + 0.01)  # a loss every run already beats
+    with pytest.raises(BioscaleError, match="finite"):
+        forecast(power_fit, float("nan"))
+    with pytest.raises(BioscaleError, match=r"cannot forecast along 'Q'.*axes are D"):
+        forecast(power_fit, 0.15, along="Q")

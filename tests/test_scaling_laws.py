@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from bioscale.errors import BioscaleError
 from bioscale.scaling.fit import fit_law
 from bioscale.scaling.laws import LAWS
 from bioscale.scaling.synthetic import law_table
@@ -117,3 +118,75 @@ def test_interval_coverage_is_roughly_nominal():
             hits[k] += lo <= v <= hi
     for k, h in hits.items():
         assert 0.75 <= h / reps <= 1.0, (k, h / reps)
+
+
+def test_chinchilla_matches_its_closed_form():
+    """Hoffmann et al. 2022's published law, E + A/N^α + B/D^β, evaluated by hand."""
+    law = LAWS.get("chinchilla")
+    theta = law.to_theta(dict(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28))
+    x = np.array([[1e9, 1e10], [1e7, 1e12]])  # (N parameters, D tokens)
+    # 1.69 + 406.4/1e9^0.34 + 410.7/1e10^0.28 = 1.69 + 0.35396 + 0.65092
+    np.testing.assert_allclose(law.predict(theta, x), [2.6948752371, 3.5634342267], rtol=1e-9)
+    # along D at fixed N = 1e9 the floor is E + A/N^α
+    logx = np.log([1e9, 1e10])
+    assert np.exp(law.log_floor(theta, 1, logx)) == pytest.approx(2.0439596030, rel=1e-9)
+    assert np.exp(law.log_floor(theta, 0, logx)) == pytest.approx(1.69 + 0.6509156341, rel=1e-9)
+
+
+def test_broken_power_matches_its_closed_form():
+    """Caballero et al. 2022 with one break: a + b·x^−c0·(1 + (x/d1)^(1/f1))^(−c1·f1)."""
+    law = LAWS.get("broken_power")
+    theta = law.to_theta(dict(a=0.05, b=3.0, c0=0.1, c1=0.5, d1=1e3, f1=0.5))
+    # at x = d1: 0.05 + 3·1000^−0.1·2^−0.25 = 0.05 + 3·0.50119·0.84090
+    np.testing.assert_allclose(
+        law.predict(theta, np.array([10.0, 1e3, 1e5])),
+        [2.4329251333, 1.3143396444, 0.1448659582],
+        rtol=1e-9,
+    )
+
+
+def test_multi_start_finds_the_global_optimum_that_a_few_refined_starts_miss():
+    """Noise-free broken power law with a late break: the few best coarse starts all lead to a
+    break near the smallest scales (loss 1e-4); refining many starts recovers the truth."""
+    truth = dict(a=0.05, b=3.0, c0=0.3, c1=0.3, d1=6e4, f1=1.0)
+    x = np.geomspace(10, 1e6, 13)
+    y = 0.05 + 3.0 * x**-0.3 * (1 + x / 6e4) ** -0.3
+    fit = fit_law(x, y, law="broken_power", n_boot=0)
+    assert fit.loss < 1e-12
+    for name, value in truth.items():
+        assert fit.params[name] == pytest.approx(value, rel=1e-3), name
+
+
+def test_bootstrap_refits_reach_a_second_basin():
+    """One noisy run per scale of a broken power law: the break is poorly identified, with a
+    best basin at d1 ≈ 5e4 and another near d1 ≈ 30 (twice the loss). Refits started only from θ̂
+    stay in its basin; refits that also start from the other optima reach both, and the 95%
+    interval of d1 spans them."""
+    rows = law_table(
+        "broken_power",
+        dict(a=0.05, b=3.0, c0=0.3, c1=0.3, d1=6e4, f1=1.0),
+        np.geomspace(10, 1e6, 9),
+        noise=0.03,
+        rng=0,
+    )
+    x, y = _xy(rows, ("D",))
+    fit = fit_law(x, y, law="broken_power", n_boot=100)
+    lo, hi = fit.ci95["d1"]
+    assert lo < 100 and hi > 5e4
+    assert fit.params["d1"] == pytest.approx(4.86e4, rel=0.05)
+    assert fit.bootstrap["starts"] > 1
+
+
+def test_case_bootstrap_resamples_runs():
+    rows = law_table("power", dict(E=0.1, A=2.0, alpha=0.35), np.geomspace(100, 1e5, 7), seeds=3)
+    x, y = _xy(rows, ("D",))
+    seeds = fit_law(x, y, law="power", n_boot=60)
+    cases = fit_law(x, y, law="power", n_boot=60, bootstrap_scheme="cases")
+    assert cases.bootstrap["scheme"] == "cases" and seeds.bootstrap["scheme"] == "seeds"
+    assert cases.to_json()["bootstrap"]["replicates"] == 60
+    for fit in (seeds, cases):
+        lo, hi = fit.ci95["alpha"]
+        assert lo < 0.35 < hi and hi - lo < 0.2
+    assert not np.allclose(cases.boot, seeds.boot)
+    with pytest.raises(BioscaleError, match="unknown bootstrap scheme 'jackknife'"):
+        fit_law(x, y, law="power", n_boot=10, bootstrap_scheme="jackknife")

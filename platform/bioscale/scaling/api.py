@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bioscale.errors import BioscaleError
 from bioscale.scaling.compare import compare_by
-from bioscale.scaling.fit import N_BOOT, FitResult, fit_law
+from bioscale.scaling.fit import N_BOOT, FitResult, check_law_axes, fit_law
 from bioscale.scaling.forecast import Forecast, forecast
 from bioscale.scaling.table import curves, load_experiment, load_table
 from bioscale.scaling.trust import PLATEAU_K, with_trust
@@ -52,7 +53,9 @@ def fit_table(
     group: Sequence[str] = (),
     split_by: Sequence[str] | None = None,
     frontier: bool = False,
+    frontier_select: str | None = None,
     n_boot: int = N_BOOT,
+    bootstrap_scheme: str = "seeds",
     holdout: int = 1,
     plateau_k: int = PLATEAU_K,
 ) -> FitSet:
@@ -68,11 +71,16 @@ def fit_table(
         direction: ``lower`` (losses, errors) or ``higher`` (accuracies, fitted through 1 − y).
         group: columns that get one curve per value (``["objective"]``); none: one group ``{}``.
         split_by: columns that further split curves; default the other primary axes.
-        frontier: fit the best value per scale instead of splitting.
+        frontier: fit one value per scale instead of splitting: that of the run with the best
+            validation score (``table.frontier_selection``; each fit's note names the column).
+        frontier_select: the column the frontier selects runs on (default: chosen from the
+            metric, e.g. ``val/best_loss``), ``COLUMN`` or ``COLUMN:lower|higher``.
         n_boot: bootstrap replicates per fit.
+        bootstrap_scheme: ``seeds`` or ``cases`` (``scaling.bootstrap``).
         holdout: largest scales held out by the backtest.
         plateau_k: scales without improvement that flag a plateau.
     """
+    check_law_axes(law, list(axes))
     found = curves(
         rows,
         metric=metric,
@@ -81,7 +89,9 @@ def fit_table(
         split_by=split_by,
         frontier=frontier,
         direction=direction,
+        frontier_select=frontier_select,
     )
+    chosen = found.selection.describe(metric) if found.selection else ""
     fits = []
     for curve in found.curves:
         fit = fit_law(
@@ -94,7 +104,10 @@ def fit_table(
             group=curve.group,
             seeds=curve.seeds,
             n_boot=n_boot,
+            bootstrap_scheme=bootstrap_scheme,
         )
+        if chosen:
+            fit = replace(fit, note=f"{fit.note}; {chosen}" if fit.note else chosen)
         fits.append(with_trust(fit, holdout=holdout, plateau_k=plateau_k, n_boot=n_boot))
     return FitSet(fits=fits, issues=found.issues)
 
@@ -226,8 +239,12 @@ def report_table(
         spec_fc = []
         for fit in kept:
             for t in targets if targets is not None else [default_target(fit)]:
-                if t is not None:
+                if t is None:
+                    continue
+                try:
                     spec_fc.append(forecast(fit, t))
+                except BioscaleError as err:  # e.g. a target this curve already meets
+                    issues.append(f"no forecast: {err}")
         forecasts.extend(spec_fc)
         if kept:
             name = "_".join(spec.axes)

@@ -1,10 +1,12 @@
-"""Robust scaling-law fits: Huber loss (δ = 1e-3) on log residuals, L-BFGS from a grid of starts,
-bootstrap 95% intervals.
+"""Robust scaling-law fits: Huber loss (δ = 1e-3) on log residuals, minimised from a grid of
+starts, with bootstrap 95% intervals.
 
 As in Hoffmann et al. 2022 (approach 3) and the Epoch replication (Besiroglu et al. 2024, which
 sums rather than averages the Huber terms; so does bioscale). The search is a vectorised coarse
-grid (every start's loss in one array operation), L-BFGS-B with analytic gradients from the best
-few starts, then bootstrap refits warm-started at the optimum (``bootstrap``).
+grid (every start's loss in one array operation), a batched Levenberg–Marquardt refinement of the
+``N_REFINE`` best starts (``optim``), L-BFGS-B with analytic gradients to finish the best distinct
+optima, then bootstrap refits (``bootstrap``) that each start from θ̂, the other optima and the
+best grid starts.
 """
 
 from __future__ import annotations
@@ -13,36 +15,45 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
-from bioscale.scaling.bootstrap import bootstrap_thetas, percentile_interval, scale_ids
+from bioscale.errors import BioscaleError
+from bioscale.scaling.bootstrap import (
+    SCHEMES,
+    bootstrap_thetas,
+    percentile_interval,
+    scale_ids,
+)
 from bioscale.scaling.laws import LAWS, Law, as_log_axes
+from bioscale.scaling.optim import (
+    HUBER_DELTA,
+    distinct,
+    huber,
+    huber_grad,
+    lm_batch,
+    losses,
+    polish,
+)
 
-HUBER_DELTA = 1e-3
+__all__ = ["HUBER_DELTA", "FitResult", "Search", "fit_law", "huber", "huber_grad", "search"]
+
 MIN_SCALES = 4
 #: intervals and backtests need one scale more than a point fit
 MIN_SCALES_INTERVALS = 5
 N_BOOT = 200
-N_REFINE = 4
-#: tight tolerances: the Huber loss of a good fit is ~1e-6, and a refit that stops at scipy's
-#: default relative tolerance leaves bootstrap replicates at their warm start (too-narrow CIs)
-LBFGS_OPTIONS = {"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000}
-
-
-def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
-    a = np.abs(r)
-    return np.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta))
-
-
-def huber_grad(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
-    return np.clip(r, -delta, delta)
+#: grid starts (the best by coarse loss) refined by the batched Levenberg–Marquardt search
+N_REFINE = 64
+#: distinct optima of that search finished with L-BFGS-B
+N_POLISH = 3
+#: each bootstrap refit starts from θ̂ and from up to this many other distinct optima that the
+#: refined grid starts reached, so a replicate can leave θ̂'s basin
+N_BOOT_OPTIMA = 4
 
 
 @dataclass(frozen=True, kw_only=True)
 class FitResult:
-    """One fitted curve, serialised exactly as ARCHITECTURE's fit JSON (plus ``metric``, ``note``
-    and ``plateau``, which readers may ignore).
+    """One fitted curve, serialised exactly as ARCHITECTURE's fit JSON (plus ``metric``, ``note``,
+    ``plateau`` and ``bootstrap``, which readers may ignore).
 
     ``points`` are (x_1, …, x_K, y) with y in the metric's own terms; ``boot`` holds the bootstrap
     refits (B, P) in the law's θ space (not serialised), which forecasts and bands reuse.
@@ -63,6 +74,7 @@ class FitResult:
     note: str = ""
     points: list[tuple[float, ...]] = field(default_factory=list)
     seeds: list[Any] | None = None
+    bootstrap: dict[str, Any] | None = None
     boot: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -80,6 +92,7 @@ class FitResult:
             "backtest": self.backtest,
             "plateau": self.plateau,
             "note": self.note,
+            "bootstrap": self.bootstrap,
         }
 
     @property
@@ -115,38 +128,53 @@ class FitResult:
         return lo, hi
 
 
-def minimise(
+@dataclass(frozen=True, kw_only=True)
+class Search:
+    """A multi-start search: the optimum and the distinct optima the refined starts reached
+    (M, P), best first (``optima[0]`` is ``theta``)."""
+
+    theta: np.ndarray
+    loss: float
+    optima: np.ndarray
+
+
+def search(
     spec: Law, logX: np.ndarray, logy: np.ndarray, starts: np.ndarray, n_refine: int = N_REFINE
-) -> tuple[np.ndarray, float]:
-    """Best θ from a coarse grid: the loss of every start in one vectorised pass, then L-BFGS-B
-    (analytic gradient) from the ``n_refine`` best. Returns (θ (P,), summed Huber loss)."""
-    starts = np.atleast_2d(starts)
-    if len(starts) > n_refine:
-        coarse = huber(spec.log_predict(starts, logX) - logy).sum(axis=-1)  # (S,)
-        coarse = np.where(np.isfinite(coarse), coarse, np.inf)
-        starts = starts[np.argsort(coarse)[:n_refine]]
-    bounds = spec.bounds(logX)
-    lo = np.array([b[0] for b in bounds])
-    hi = np.array([b[1] for b in bounds])
+) -> Search:
+    """Best θ from a grid of starts: the coarse loss of every start in one vectorised pass, the
+    ``n_refine`` best refined together by Levenberg–Marquardt (``optim.lm_batch``), and the best
+    ``N_POLISH`` distinct optima finished with L-BFGS-B."""
+    starts = np.atleast_2d(np.asarray(starts, dtype=float))
+    coarse = losses(spec, logX, logy, starts)
+    order = np.argsort(coarse, kind="stable")
+    order = order[np.isfinite(coarse[order])][:n_refine]
+    if not len(order):
+        raise BioscaleError(f"{spec.name}: no start gives a finite loss on these points")
+    refined, rl = lm_batch(spec, logX, logy, starts[order])
+    idx = distinct(refined, rl)
+    optima, opt_loss = refined[idx].copy(), rl[idx].copy()
+    for i in range(min(N_POLISH, len(idx))):
+        theta, loss = polish(spec, logX, logy, optima[i])
+        if loss <= opt_loss[i]:
+            optima[i], opt_loss[i] = theta, loss
+    keep = distinct(optima, opt_loss)
+    optima, opt_loss = optima[keep], opt_loss[keep]
+    return Search(theta=optima[0], loss=float(opt_loss[0]), optima=optima)
 
-    def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        lp, J = spec.jac(theta, logX)
-        r = lp - logy
-        return float(huber(r).sum()), J @ huber_grad(r)
 
-    best_theta, best_loss = starts[0], np.inf
-    for start in starts:
-        res = minimize(
-            loss_grad,
-            np.clip(start, lo, hi),
-            jac=True,
-            method="L-BFGS-B",
-            bounds=bounds,
-            options=LBFGS_OPTIONS,
+def check_law_axes(law: str, axes: str | list[str] | tuple[str, ...]) -> Law:
+    """The law, if it takes as many axes as given; else a ``BioscaleError`` naming the fix."""
+    spec = LAWS.get(law)
+    axes = [axes] if isinstance(axes, str) else list(axes)
+    if len(axes) != spec.axes:
+        if spec.axes == 1:
+            fix = f"give one axis (e.g. --axis {axes[-1]}) or a two-axis law (chinchilla)"
+        else:
+            fix = "give --axis N,D (model size, then data)"
+        raise BioscaleError(
+            f"law {law!r} takes {spec.axes} axis(es), got {len(axes)} ({','.join(axes)}): {fix}"
         )
-        if res.fun < best_loss:
-            best_theta, best_loss = res.x, float(res.fun)
-    return np.asarray(best_theta, dtype=float), best_loss
+    return spec
 
 
 def clean_points(
@@ -184,6 +212,7 @@ def fit_law(
     seeds: list[Any] | None = None,
     n_boot: int = N_BOOT,
     boot_seed: int = 0,
+    bootstrap_scheme: str = "seeds",
 ) -> FitResult:
     """Fit ``law`` to points ``(x, y)``, with bootstrap 95% intervals.
 
@@ -200,6 +229,8 @@ def fit_law(
             resampled within the scale either way).
         n_boot: bootstrap replicates (0: point fit only).
         boot_seed: the bootstrap's random seed.
+        bootstrap_scheme: ``seeds`` (resample seeds within each scale, residuals where a scale
+            has one run) or ``cases`` (resample points); see ``scaling.bootstrap``.
 
     Returns:
         The fit. With fewer than ``max(4, P)`` distinct scales ``params`` is None; with fewer than
@@ -219,6 +250,7 @@ def fit_law(
             seeds=seeds,
             n_boot=n_boot,
             boot_seed=boot_seed,
+            bootstrap_scheme=bootstrap_scheme,
         )
 
 
@@ -234,10 +266,21 @@ def _fit_law(
     seeds: list[Any] | None,
     n_boot: int,
     boot_seed: int,
+    bootstrap_scheme: str,
 ) -> FitResult:
-    spec = LAWS.get(law)
+    spec = check_law_axes(law, axis)
+    if bootstrap_scheme not in SCHEMES:
+        raise BioscaleError(
+            f"unknown bootstrap scheme {bootstrap_scheme!r}; known: {', '.join(SCHEMES)}"
+        )
+    if n_boot < 0:
+        raise BioscaleError(f"bootstrap replicates must be ≥ 0 (0: no intervals), got {n_boot}")
     axes = [axis] if isinstance(axis, str) else list(axis)
     x = np.asarray(x, dtype=float).reshape(len(y), -1)
+    if x.shape[1] != spec.axes:
+        raise BioscaleError(
+            f"law {law!r} takes {spec.axes} axis(es); the points have {x.shape[1]} column(s)"
+        )
     y = np.asarray(y, dtype=float)
     x, err, keep, dropped = clean_points(x, y, direction)
     kept_seeds = [s for s, k in zip(seeds, keep, strict=True) if k] if seeds is not None else None
@@ -262,22 +305,43 @@ def _fit_law(
         notes.insert(0, f"needs at least {need} distinct scales, has {n_scales}")
         return FitResult(params=None, loss=None, note="; ".join(notes), **base)
     logy = np.log(err)
-    theta, loss = minimise(spec, logX, logy, spec.init_grid(logX, logy))
+    found = search(spec, logX, logy, spec.init_grid(logX, logy))
+    theta, loss = found.theta, found.loss
     params = spec.to_params(theta)
     boot = None
     if n_scales < need + 1:
         notes.insert(0, f"95% intervals need at least {need + 1} distinct scales, has {n_scales}")
     elif n_boot > 0:
-        fitted = spec.log_predict(theta, logX)
+        starts = found.optima[: 1 + N_BOOT_OPTIMA]
+
+        def refit(Y: np.ndarray, W: np.ndarray | None) -> np.ndarray:
+            B, S = len(Y), len(starts)
+            thetas, ls = lm_batch(
+                spec,
+                logX,
+                np.repeat(Y, S, axis=0),
+                np.tile(starts, (B, 1)),
+                None if W is None else np.repeat(W, S, axis=0),
+            )
+            best = np.argmin(ls.reshape(B, S), axis=1)
+            return thetas.reshape(B, S, -1)[np.arange(B), best]
+
         boot = bootstrap_thetas(
-            lambda yb, start: minimise(spec, logX, yb, start[None, :])[0],
+            refit,
             theta,
             logy,
-            fitted,
+            spec.log_predict(theta, logX),
             scale_ids(logX),
             n_boot=n_boot,
             seed=boot_seed,
+            scheme=bootstrap_scheme,
+            min_scales=need,
         )
         values = spec.params_array(boot)
         base["ci95"] = {k: percentile_interval(values[:, i]) for i, k in enumerate(params)}
+        base["bootstrap"] = {
+            "scheme": bootstrap_scheme,
+            "replicates": n_boot,
+            "starts": len(starts),
+        }
     return FitResult(params=params, loss=loss, note="; ".join(notes), boot=boot, **base)

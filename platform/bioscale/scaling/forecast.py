@@ -1,9 +1,10 @@
 """Forecasts: the scale at which a fitted metric reaches a target, with a bootstrap interval, and a
 status that says when it cannot be reached (ARCHITECTURE's forecast JSON).
 
-- ``unreachable``: the target lies beyond the floor's 95% interval (``reachable: false``);
-- ``uncertain``: the floor's interval contains the target, or the fit has no intervals
-  (``reachable: null``);
+- ``unreachable``: the target lies beyond the floor's 95% interval, or, for a fit without
+  intervals, beyond the floor's point estimate (``reachable: false``);
+- ``uncertain``: the floor's interval contains the target, or the fit has no intervals and the
+  target is above its floor (``reachable: null``);
 - ``beyond_range``: reachable, but more than 100× the largest observed scale;
 - ``reachable`` otherwise.
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bioscale.errors import BioscaleError
 from bioscale.scaling.bootstrap import percentile_interval
 from bioscale.scaling.fit import FitResult
 
@@ -110,8 +112,23 @@ def forecast(
         target: the metric value to reach (an accuracy for ``direction: higher``).
         along: the axis that grows (default the fit's last axis, e.g. D for chinchilla).
         at: the other axes' values for a multi-axis law (default their largest observed value).
+
+    Raises:
+        BioscaleError: ``along`` or an ``at`` key is not an axis of the fit, or ``target`` is not
+            finite or is already met by every observed point (nothing to forecast).
     """
     along = along or fit.axis[-1]
+    if along not in fit.axis:
+        raise BioscaleError(
+            f"cannot forecast along {along!r}: the fit's axes are {', '.join(fit.axis)}; "
+            f"pass one of them (e.g. --along {fit.axis[-1]})"
+        )
+    unknown = sorted(set(at or {}) - set(fit.axis))
+    if unknown:
+        raise BioscaleError(
+            f"--at {', '.join(unknown)}: not an axis of the fit (axes: {', '.join(fit.axis)})"
+        )
+    _check_target(fit, target)
     j = fit.axis.index(along)
     fixed = {
         a: float((at or {}).get(a, fit.x[:, i].max())) for i, a in enumerate(fit.axis) if i != j
@@ -141,6 +158,17 @@ def forecast(
     floor = 1.0 - floor_err if fit.direction == "higher" else floor_err
     x_max = float(fit.x[:, j].max())
     if fit.boot is None:
+        if t_err <= 0 or t_err < floor_err:
+            return Forecast(
+                status="unreachable",
+                reachable=False,
+                value=None,
+                ci95=None,
+                floor=floor,
+                floor_ci95=None,
+                note=f"the target lies beyond the fitted floor (point estimate only: {fit.note})",
+                **base,
+            )
         return Forecast(
             status="uncertain",
             reachable=None,
@@ -194,6 +222,25 @@ def forecast(
         ),
         **base,
     )
+
+
+def _check_target(fit: FitResult, target: float) -> None:
+    """A forecast needs a finite target that some observed point has not met yet."""
+    if not np.isfinite(target):
+        raise BioscaleError(f"the forecast target must be a finite number, got {target!r}")
+    if not fit.points:
+        return
+    err = 1.0 - fit.y if fit.direction == "higher" else fit.y
+    t_err = 1.0 - target if fit.direction == "higher" else target
+    if t_err >= float(np.max(err)):
+        worst = float(np.min(fit.y) if fit.direction == "higher" else np.max(fit.y))
+        better = "above" if fit.direction == "higher" else "below"
+        where = ", ".join(f"{k}={v}" for k, v in fit.group.items()) or "all rows"
+        raise BioscaleError(
+            f"target {target:g} for {fit.metric or 'the metric'} ({where}) is already met by every "
+            f"observed point (the worst is {worst:.4g}): nothing to forecast; give a target "
+            f"{better} {worst:.4g}"
+        )
 
 
 def _plateau_forecast(fit: FitResult, t_err: float, base: dict[str, Any]) -> Forecast:

@@ -3,8 +3,9 @@
 
 Shapes used throughout: ``theta`` is ``(..., P)`` (a batch of parameter vectors in the optimiser's
 space), ``logX`` is ``(K, n)`` (log of the K axes of n points), and a law's ``log_predict`` returns
-``(..., n)``; ``jac`` takes one ``theta`` of shape ``(P,)`` and returns ``(log ŷ (n,), ∂log ŷ/∂θ
-(P, n))`` for L-BFGS with analytic gradients.
+``(..., n)``; ``jac`` takes ``theta`` (..., P) and returns ``(log ŷ (..., n), ∂log ŷ/∂θ
+(..., P, n))``, for L-BFGS-B on one θ and for the batched Levenberg–Marquardt search
+(``scaling.optim``) on many.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from itertools import product
 
 import numpy as np
-from scipy.special import expit, logsumexp
+from scipy.special import expit
 
 from bioscale.registry import Registry
 
@@ -35,7 +36,7 @@ class Law:
         param_names: the reported parameters, in ``theta`` order.
         log_params: which reported parameters are exp(θ_i) (amplitudes, floors, breaks).
         log_predict: (θ (..., P), log X (K, n)) → log ŷ (..., n).
-        jac: (θ (P,), log X) → (log ŷ (n,), ∂log ŷ/∂θ (P, n)).
+        jac: (θ (..., P), log X) → (log ŷ (..., n), ∂log ŷ/∂θ (..., P, n)).
         init_grid: (log X, log y) → coarse starting points (S, P), data-relative.
         bounds: (log X) → one (lo, hi) per θ_i for L-BFGS-B.
         floor_name: the parameter that is the law's floor at infinite scale (all axes).
@@ -110,10 +111,23 @@ def _cols(theta: np.ndarray) -> list[np.ndarray]:
     return [theta[..., i, None] for i in range(theta.shape[-1])]
 
 
+def _stack(*arrays: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Broadcast, then stack: T arrays of (..., n) → (T, ..., n) (``axis=0``) or (..., T, n)."""
+    return np.stack(np.broadcast_arrays(*arrays), axis=axis)
+
+
 def _lse_jac(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """terms (T, n) → (log Σ exp terms (n,), softmax weights (T, n))."""
-    lse = logsumexp(terms, axis=0)
-    return lse, np.exp(terms - lse)
+    """terms (T, ..., n) → (log Σ exp terms (..., n), softmax weights (T, ..., n)), one exp pass."""
+    m = terms.max(axis=0)
+    e = np.exp(terms - m)
+    total = e.sum(axis=0)
+    return m + np.log(total), e / total
+
+
+def _lse(terms: np.ndarray) -> np.ndarray:
+    """log Σ exp over the first axis of (T, ..., n) → (..., n)."""
+    m = terms.max(axis=0)
+    return m + np.log(np.exp(terms - m).sum(axis=0))
 
 
 def _amplitude_grid(logX: np.ndarray, logy: np.ndarray, exps: np.ndarray) -> np.ndarray:
@@ -136,10 +150,10 @@ def _power_log_predict(theta: np.ndarray, logX: np.ndarray) -> np.ndarray:
 
 
 def _power_jac(theta: np.ndarray, logX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    e, a, alpha = theta
+    e, a, alpha = _cols(theta)
     L = logX[0]
-    lse, w = _lse_jac(np.stack([np.full_like(L, e), a - alpha * L]))
-    return lse, np.stack([w[0], w[1], -w[1] * L])
+    lse, w = _lse_jac(_stack(e, a - alpha * L))
+    return lse, _stack(w[0], w[1], -w[1] * L, axis=-2)
 
 
 def _power_grid(logX: np.ndarray, logy: np.ndarray) -> np.ndarray:
@@ -178,9 +192,10 @@ def _pure_log_predict(theta: np.ndarray, logX: np.ndarray) -> np.ndarray:
 
 
 def _pure_jac(theta: np.ndarray, logX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a, alpha = theta
+    a, alpha = _cols(theta)
     L = logX[0]
-    return a - alpha * L, np.stack([np.ones_like(L), -L])
+    lp = a - alpha * L
+    return lp, _stack(np.ones_like(lp), -L + 0.0 * lp, axis=-2)
 
 
 LAWS.register(
@@ -213,15 +228,14 @@ LAWS.register(
 def _chin_log_predict(theta: np.ndarray, logX: np.ndarray) -> np.ndarray:
     e, a, alpha, b, beta = _cols(theta)
     LN, LD = logX
-    terms = np.stack(np.broadcast_arrays(e + 0.0 * LN, a - alpha * LN, b - beta * LD))
-    return logsumexp(terms, axis=0)
+    return _lse(_stack(e + 0.0 * LN, a - alpha * LN, b - beta * LD))
 
 
 def _chin_jac(theta: np.ndarray, logX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    e, a, alpha, b, beta = theta
+    e, a, alpha, b, beta = _cols(theta)
     LN, LD = logX
-    lse, w = _lse_jac(np.stack([np.full_like(LN, e), a - alpha * LN, b - beta * LD]))
-    return lse, np.stack([w[0], w[1], -w[1] * LN, w[2], -w[2] * LD])
+    lse, w = _lse_jac(_stack(e + 0.0 * LN, a - alpha * LN, b - beta * LD))
+    return lse, _stack(w[0], w[1], -w[1] * LN, w[2], -w[2] * LD, axis=-2)
 
 
 def _chin_grid(logX: np.ndarray, logy: np.ndarray) -> np.ndarray:
@@ -274,14 +288,14 @@ def _bnsl_log_predict(theta: np.ndarray, logX: np.ndarray) -> np.ndarray:
 
 
 def _bnsl_jac(theta: np.ndarray, logX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    la, lb, c0, c1, ld, lf = theta
+    la, lb, c0, c1, ld, lf = _cols(theta)
     L = logX[0]
     f = np.exp(lf)
     u = (L - ld) / f
     sp, sig = np.logaddexp(0.0, u), expit(u)
-    lse, w = _lse_jac(np.stack([np.full_like(L, la), lb - c0 * L - c1 * f * sp]))
-    d1 = np.stack([np.ones_like(L), -L, -f * sp, c1 * sig, -c1 * f * (sp - u * sig)])
-    return lse, np.concatenate([w[:1], w[1] * d1])
+    lse, w = _lse_jac(_stack(la + 0.0 * L, lb - c0 * L - c1 * f * sp))
+    d1 = _stack(np.ones_like(u), -L, -f * sp, c1 * sig, -c1 * f * (sp - u * sig))
+    return lse, np.moveaxis(np.concatenate([w[:1], w[1] * d1]), 0, -2)
 
 
 def _bnsl_grid(logX: np.ndarray, logy: np.ndarray) -> np.ndarray:

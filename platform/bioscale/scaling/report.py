@@ -13,6 +13,7 @@ from typing import Any
 
 from bioscale.scaling.fit import FitResult
 from bioscale.scaling.forecast import Forecast
+from bioscale.uri import redact_uri
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -279,7 +280,7 @@ def render(
 <style>{_CSS}</style></head><body>
 <h1>Scaling study: {html.escape(study)}</h1>
 <p class=note>Generated {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")} from
-<code>{html.escape(tracking_uri)}</code>. Metric: <b>{html.escape(metric)}</b> ({html.escape(metric_label)}).
+<code>{html.escape(redact_uri(tracking_uri))}</code>. Metric: <b>{html.escape(metric)}</b> ({html.escape(metric_label)}).
 Curves fit its error with a scaling law (Huber loss on log residuals, L-BFGS from a grid of
 starts); bands are 95% bootstrap intervals (seeds resampled within each scale, residuals where a
 scale has one run); dashed lines extrapolate beyond the data; a star marks a forecast.</p>

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from bioscale.errors import BioscaleError
+from bioscale.errors import BioscaleError, TrackingError
+from bioscale.uri import redact_uri
 
 #: Axis name → the table columns it may be called, in order of preference.
 AXIS_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -28,39 +29,101 @@ AXIS_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 #: The independent axes: by default a fit along one is made per value of the others.
 PRIMARY_AXES = ("N", "D")
+#: Test splits of ``probe/<task>/<split>/<metric>`` (ARCHITECTURE); a probe's validation split is
+#: ``val`` (``probe/3dpc_<task>/val/acc``).
+TEST_SPLITS = ("seen_compounds", "novel_compounds", "heldout_source", "test")
+#: The trial's early-stopping criterion (the objective's validation loss), logged by every trial.
+VAL_LOSS = "val/best_loss"
 
 
 def load_table(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a CSV or Parquet table (by suffix; empty CSV cells are None)."""
+    """Rows of a CSV or Parquet table (by suffix; empty CSV cells are None).
+
+    Raises:
+        BioscaleError: the file is missing, empty, binary, or not a table of its suffix.
+    """
     path = Path(path)
     if not path.exists():
         raise BioscaleError(f"table {path} does not exist")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".pq", ".csv", ".tsv"):
+        raise BioscaleError(f"cannot read {path}: expected a .csv, .tsv or .parquet table")
+    import pyarrow as pa
 
-        return pq.read_table(path).to_pylist()
-    if path.suffix.lower() in (".csv", ".tsv"):
-        import pyarrow.csv as pacsv
+    if suffix in (".csv", ".tsv"):
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(4096)
+        except OSError as err:
+            raise BioscaleError(f"cannot read table {path} ({err.strerror})") from None
+        if not head.strip():
+            raise BioscaleError(f"table {path} is empty: write a header row and one row per trial")
+        if _is_binary(head):
+            raise BioscaleError(
+                f"table {path} is not a UTF-8 text {suffix[1:].upper()} (binary content): "
+                "export the trials as CSV, or give a .parquet file"
+            )
+    try:
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
 
-        parse = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        return pacsv.read_csv(path, parse_options=parse).to_pylist()
-    raise BioscaleError(f"cannot read {path}: expected a .csv, .tsv or .parquet table")
+            rows = pq.read_table(path).to_pylist()
+        else:
+            import pyarrow.csv as pacsv
+
+            parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+            rows = pacsv.read_csv(path, parse_options=parse).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        why = " ".join(str(err).split())[:160]
+        why = "".join(c if c.isprintable() else "?" for c in why)
+        raise BioscaleError(f"cannot read table {path} ({why}); fix or re-export it") from None
+    if not rows:
+        raise BioscaleError(f"table {path} has a header but no rows")
+    return rows
+
+
+def _is_binary(head: bytes) -> bool:
+    """NUL bytes, or bytes that are not UTF-8 (pyarrow reads UTF-8 text only)."""
+    if b"\0" in head:
+        return True
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start < len(head) - 4  # not a multi-byte character cut at the 4 KiB mark
+    return False
 
 
 def load_experiment(name: str, tracking_uri: str | None = None) -> list[dict[str, Any]]:
-    """Rows of an MLflow experiment's FINISHED trial runs (``scaling.runs.runs_table``)."""
+    """Rows of an MLflow experiment's FINISHED trial runs (``scaling.runs.runs_table``).
+
+    The store is checked first (``bioscale.tracking_uri.check_readable_store``): an unknown
+    scheme, a server that does not answer or a missing SQLite file fail within seconds.
+    """
     import os
 
+    from bioscale.tracking_uri import check_readable_store
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        check_readable_store(uri)
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from bioscale.scaling.runs import runs_table
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        raise BioscaleError(f"no MLflow experiment {name!r} in {uri or 'the default store'}")
-    return runs_table(client, exp.experiment_id)
+    where = redact_uri(uri) if uri else "the default store"
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise BioscaleError(f"no MLflow experiment {name!r} in {where}")
+        return runs_table(client, exp.experiment_id)
+    except MlflowException as err:
+        why = " ".join(str(err).split())[:200]
+        raise TrackingError(
+            f"cannot read experiment {name!r} from MLflow store {where} ({why}); check "
+            "--tracking-uri / MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def axis_column(rows: Sequence[dict[str, Any]], axis: str) -> str:
@@ -86,9 +149,77 @@ class Curve:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Selection:
+    """How a frontier picks its run at each scale: the best ``column`` (``direction``)."""
+
+    column: str
+    direction: str
+    reason: str
+
+    def describe(self, metric: str) -> str:
+        what = "lowest" if self.direction == "lower" else "highest"
+        if self.column == metric:
+            return f"frontier: at each scale the run with the {what} {metric} ({self.reason})"
+        return (
+            f"frontier: at each scale the {metric} of the run with the {what} {self.column} "
+            f"({self.reason})"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Curves:
     curves: list[Curve]
     issues: list[str] = field(default_factory=list)
+    selection: Selection | None = None
+
+
+def frontier_selection(
+    rows: Sequence[dict[str, Any]], metric: str, direction: str, select: str | None = None
+) -> Selection:
+    """The column a frontier selects on, so that the value reported at each scale is not the best
+    of several noisy test scores (the winner's curse).
+
+    ``select`` ``None`` or ``"auto"``: a validation metric selects on itself; otherwise the
+    metric's validation split (``probe/<task>/<split>/<m>`` → ``probe/<task>/val/<m>``) if the
+    table has it, else ``val/best_loss`` (lower is better), else — for a column bioscale does not
+    know as a test metric — the metric itself, said so in the reason. A probe test metric with no
+    validation column is refused. ``"COLUMN"`` or ``"COLUMN:lower|higher"`` selects on that
+    column (default direction: lower for ``val/`` losses, else the metric's).
+    """
+    columns = {k for r in rows for k in r}
+    if select not in (None, "auto"):
+        col, _, how = str(select).rpartition(":") if ":" in str(select) else (select, "", "")
+        if col not in columns:
+            raise BioscaleError(
+                f"--frontier-select {col!r}: no such column; give a validation column such as "
+                f"{VAL_LOSS} (columns: {', '.join(sorted(columns))})"
+            )
+        how = how or ("lower" if col.startswith("val/") else direction)
+        if how not in ("lower", "higher"):
+            raise BioscaleError(
+                f"--frontier-select {select!r}: the direction must be lower or higher"
+            )
+        return Selection(column=col, direction=how, reason="chosen with --frontier-select")
+    parts = metric.split("/")
+    if parts[0] == "val" or "val" in parts[1:-1]:
+        return Selection(column=metric, direction=direction, reason="a validation metric")
+    if len(parts) >= 3 and parts[-2] in TEST_SPLITS:
+        twin = "/".join([*parts[:-2], "val", parts[-1]])
+        if twin in columns:
+            return Selection(column=twin, direction=direction, reason="its validation split")
+    if VAL_LOSS in columns:
+        return Selection(column=VAL_LOSS, direction="lower", reason="the validation loss")
+    if parts[0] == "probe" and len(parts) >= 3 and parts[-2] in TEST_SPLITS:
+        raise BioscaleError(
+            f"--frontier on the test metric {metric}: the table has no validation column to pick "
+            f"the runs with (looked for {twin} and {VAL_LOSS}); pass --frontier-select COLUMN, or "
+            f"--frontier-select {metric} to select on the test score itself (biased upward)"
+        )
+    return Selection(
+        column=metric,
+        direction=direction,
+        reason=f"no validation column ({VAL_LOSS}) in the table: selected on the reported values",
+    )
 
 
 def _number(v: Any) -> float:
@@ -114,6 +245,7 @@ def curves(
     split_by: Sequence[str] | None = None,
     frontier: bool = False,
     direction: str = "lower",
+    frontier_select: str | None = None,
 ) -> Curves:
     """Split a table into curves.
 
@@ -125,7 +257,8 @@ def curves(
         split_by: further columns a curve is made per value of; default the primary axes the fit
             is not along (a fit along D per N). Ignored with ``frontier``.
         frontier: fit the best value at each scale (over everything not in ``group``) instead.
-        direction: ``lower`` or ``higher``: which value is best, for the frontier.
+        direction: ``lower`` or ``higher``: the metric's direction.
+        frontier_select: the column the frontier picks its runs with (``frontier_selection``).
     """
     if not rows:
         raise BioscaleError("the table has no rows")
@@ -133,6 +266,14 @@ def curves(
         known = sorted({k for r in rows for k in r})
         raise BioscaleError(f"no metric column {metric!r}; columns: {', '.join(known)}")
     cols = [axis_column(rows, a) for a in axes]
+    for col in [*cols, metric]:
+        values = [r.get(col) for r in rows if r.get(col) is not None]
+        if values and all(math.isnan(_number(v)) for v in values):
+            raise BioscaleError(
+                f"column {col!r} is not numeric (e.g. {values[0]!r}); "
+                + ("give a numeric scale column" if col in cols else "give a numeric metric")
+            )
+    selection = frontier_selection(rows, metric, direction, frontier_select) if frontier else None
     if split_by is None:
         split_by = [] if frontier else [a for a in PRIMARY_AXES if a not in axes]
         split_by = [axis_column(rows, a) for a in split_by if _has_axis(rows, a)]
@@ -167,10 +308,20 @@ def curves(
         x = np.array([[_number(m.get(c)) for c in cols] for m in members])
         y = np.array([_number(m.get(metric)) for m in members])
         seeds = [m.get("seed") for m in members] if any("seed" in m for m in members) else None
-        if frontier:
-            x, y, seeds = _frontier(x, y, direction)
+        if selection is not None:
+            sel = np.array([_number(m.get(selection.column)) for m in members])
+            x, y, seeds = _frontier(x, y, sel, selection.direction)
         out.append(Curve(group=dict(zip(keys, gkey, strict=True)), x=x, y=y, seeds=seeds))
-    return Curves(curves=out, issues=issues)
+    if selection is not None and selection.column != metric:
+        unsel = [
+            i for i, r in enumerate(rows) if not math.isfinite(_number(r.get(selection.column)))
+        ]
+        if unsel:
+            issues.append(
+                f"{len(unsel)} row(s) have no {selection.column} and cannot be chosen for the "
+                f"frontier (rows {_describe(unsel)})"
+            )
+    return Curves(curves=out, issues=issues, selection=selection)
 
 
 def _has_axis(rows: Sequence[dict[str, Any]], axis: str) -> bool:
@@ -178,12 +329,17 @@ def _has_axis(rows: Sequence[dict[str, Any]], axis: str) -> bool:
     return any(c in columns for c in AXIS_COLUMNS.get(axis, (axis,)))
 
 
-def _frontier(x: np.ndarray, y: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarray, None]:
-    """Best finite y at each distinct scale: (m, K), (m,)."""
-    ok = np.isfinite(y)
-    best: dict[tuple, float] = {}
-    for xi, yi in zip(map(tuple, x[ok]), y[ok], strict=True):
-        if xi not in best or (yi > best[xi] if direction == "higher" else yi < best[xi]):
-            best[xi] = float(yi)
+def _frontier(
+    x: np.ndarray, y: np.ndarray, sel: np.ndarray, direction: str
+) -> tuple[np.ndarray, np.ndarray, None]:
+    """At each distinct scale of x (n, K), the y of the row with the best ``sel`` (n,) among rows
+    with finite y and sel: (m, K), (m,)."""
+    ok = np.isfinite(y) & np.isfinite(sel)
+    best: dict[tuple, tuple[float, float]] = {}
+    for xi, yi, si in zip(map(tuple, x[ok]), y[ok], sel[ok], strict=True):
+        better = xi not in best or (si > best[xi][0] if direction == "higher" else si < best[xi][0])
+        if better:
+            best[xi] = (float(si), float(yi))
     xs = sorted(best)
-    return np.array(xs, dtype=float).reshape(-1, x.shape[1]), np.array([best[k] for k in xs]), None
+    ys = np.array([best[k][1] for k in xs])
+    return np.array(xs, dtype=float).reshape(-1, x.shape[1]), ys, None

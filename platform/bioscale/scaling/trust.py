@@ -133,6 +133,7 @@ def backtest(fit: FitResult, *, holdout: int = 1, n_boot: int = N_BOOT) -> dict[
         group=fit.group,
         seeds=[s for s, h in zip(fit.seeds, held, strict=True) if not h] if fit.seeds else None,
         n_boot=n_boot,
+        bootstrap_scheme=(fit.bootstrap or {}).get("scheme", "seeds"),
     )
     if train.params is None:
         return None

@@ -9,16 +9,23 @@ writer.
 from __future__ import annotations
 
 import math
-import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from bioscale.errors import TrackingError
-from bioscale.names import FIT_ID, KIND, METRIC_PREFIXES, PARENT, STUDY_SHA, TRIAL_KEY
+from bioscale.names import (
+    FIT_ID,
+    KIND,
+    METRIC_PREFIXES,
+    PARENT,
+    STUDY_SHA,
+    TRIAL_KEY,
+    filter_value,
+)
+from bioscale.tracking_uri import check_reachable, check_scheme, configure_http, is_server
+from bioscale.uri import redact_uri
 
 
 def default_uri(out_dir: str | Path) -> str:
@@ -46,31 +53,21 @@ class Tracker:
         self.uri = uri
         # a tracking server keeps artifacts in its own store; a local store keeps them beside it
         self.artifact_root = (
-            Path(artifact_root).resolve() if artifact_root and not _is_server(uri) else None
+            Path(artifact_root).resolve() if artifact_root and not is_server(uri) else None
         )
         self.retry_seconds = retry_seconds
-        if _is_server(uri):
-            # MLflow's own HTTP retries (7, factor-2 backoff: minutes per call) re-send a request
-            # whose answer was lost, and a re-sent runs/create makes a second run; `_retry` is the
-            # only retry layer (bounded by retry_seconds, and it finds a run already made)
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        self._check_reachable()
+        # an unknown scheme or a server that does not answer fails here, before any work; MLflow's
+        # own HTTP retries are off (they re-send a runs/create whose answer was lost, making a
+        # second run): `_retry` is the only retry layer (bounded, and it finds a run already made)
+        check_scheme(uri)
+        configure_http(uri)
+        check_reachable(uri)
         self.client = MlflowClient(tracking_uri=uri)
 
-    def _check_reachable(self) -> None:
-        if not _is_server(self.uri):
-            return
-        url = self.uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                resp.read()
-        except (urllib.error.URLError, OSError) as err:
-            raise TrackingError(
-                f"MLflow tracking server {self.uri} is not reachable ({err}). Start it, fix "
-                "tracking.uri / MLFLOW_TRACKING_URI, or set tracking.uri: null for a local SQLite "
-                "store. Nothing was run, so nothing is lost."
-            ) from None
+    @property
+    def is_server(self) -> bool:
+        """Whether the store is a tracking server (which several output folders may share)."""
+        return is_server(self.uri)
 
     def experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -145,7 +142,7 @@ class Tracker:
                 made = self.runs(
                     experiment_id,
                     "trial",
-                    f"tags.`{TRIAL_KEY}` = '{key}' and attributes.status = 'RUNNING'",
+                    f"tags.`{TRIAL_KEY}` = {filter_value(key)} and attributes.status = 'RUNNING'",
                 )
                 if made:
                     return made[0]
@@ -180,6 +177,11 @@ class Tracker:
                 )
             )
 
+    def last_step(self, run_id: str, metric: str) -> int:
+        """The largest step ``metric`` has in run ``run_id`` (0 when it has none)."""
+        history = self._retry(lambda: self.client.get_metric_history(run_id, metric))
+        return max((m.step for m in history), default=0)
+
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self._retry(lambda: self.client.set_terminated(run_id, status=status))
 
@@ -188,7 +190,7 @@ class Tracker:
     ) -> str:
         """A ``fit`` or ``report`` child run identified by ``ident``: reused when it exists, so
         analysing a study again updates its fits instead of piling up copies."""
-        existing = self.runs(experiment_id, kind, f"tags.`{FIT_ID}` = '{ident}'")
+        existing = self.runs(experiment_id, kind, f"tags.`{FIT_ID}` = {filter_value(ident)}")
         if existing:
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -220,17 +222,13 @@ class Tracker:
                     raise
                 if time.monotonic() + delay > deadline:
                     raise TrackingError(
-                        f"MLflow tracking store {self.uri} kept failing for "
+                        f"MLflow tracking store {redact_uri(self.uri)} kept failing for "
                         f"{self.retry_seconds:.0f} s ({err}); raise tracking.retry_seconds or "
                         "fix the server. Finished trials are kept; `bioscale study resume` "
                         "continues the others."
                     ) from err
                 time.sleep(delay)
                 delay = min(2 * delay, 10.0)
-
-
-def _is_server(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
 
 
 #: Substrings of errors worth retrying: SQLite lock contention, connection failures (requests /
