@@ -53,7 +53,9 @@ def data(tmp_path_factory):
     return {"manifest": manifest, "neural": neural, "threedpc": threedpc, "root": root}
 
 
-def study(data, alignment=None, objectives=("supervised",), rungs=("resnet:debug",), **extra):
+def study(
+    data, alignment=None, objectives=("supervised",), rungs=("resnet:debug",), maps=None, **extra
+):
     spec = {
         "name": "align",
         "data": {
@@ -61,6 +63,7 @@ def study(data, alignment=None, objectives=("supervised",), rungs=("resnet:debug
             "manifest": str(data["manifest"]),
             "splits": {"probe_train": 2, "probe_val": 1, "probe_test": 2, "early_stop_val": 3},
             "image": {"crop": SIZE},
+            **({"maps": maps} if maps is not None else {}),
         },
         "grids": [{"rung": list(rungs), "diet": [{"replicates": 1.0}], "objective": objectives}],
         "train": {"budget": {"epochs": 2}, "batch_size": 16, "lr": {"value": 3e-3}},
@@ -221,6 +224,71 @@ def test_trial_config_carries_alignment_with_absolute_paths(data, monkeypatch):
     assert fewer.key not in (trial.key, plain.key)
 
 
+def test_map_blur_is_a_natural_data_setting_and_part_of_the_trial_key(data):
+    release = plan(study(data), data["manifest"]).trials[0]
+    assert study(data).data.maps.blur == "release"  # the ClickMe release's preprocessing
+    again = plan(study(data, maps={"blur": "release"}), data["manifest"]).trials[0]
+    assert again.key == release.key
+    keys = {
+        plan(study(data, maps=m), data["manifest"]).trials[0].key
+        for m in ({"blur": "none"}, {"blur": "gaussian"}, {"blur": "gaussian", "sigma_px": 4.0})
+    }
+    assert len(keys) == 3 and release.key not in keys  # another blur: another trial
+    spec = study(data, maps={"blur": "gaussian", "sigma_px": 4.0})
+    assert StudySpec.from_dict(spec.to_dict()).data.maps == spec.data.maps
+    with pytest.raises(ConfigError, match=r"data\.maps: unknown key 'sigma'"):
+        study(data, maps={"blur": "gaussian", "sigma": 4.0})
+    with pytest.raises(ConfigError, match=r"sigma_px sets the σ of blur: gaussian"):
+        study(data, maps={"sigma_px": 4.0})
+    cellpainting = {
+        "name": "cp",
+        "data": {"kind": "cellpainting", "manifest": "cp.parquet", "maps": {"blur": "none"}},
+        "grids": [{"rung": ["resnet:debug"], "diet": [{"replicates": 1.0}], "objective": ["ibp"]}],
+    }
+    with pytest.raises(ConfigError, match=r"data\.kind 'cellpainting' does not read it"):
+        StudySpec.from_dict(cellpainting)
+
+
+def test_clickme_ceiling_scores_only_release_blurred_maps(data, caplog):
+    from bioscale.eval.alignment import CLICKME_CEILING
+
+    clickme = {"saliency": True, "ceiling": CLICKME_CEILING}
+    assert study(data, clickme).alignment.ceiling == CLICKME_CEILING
+    with caplog.at_level("WARNING", logger="bioscale.eval.trial_alignment"):
+        spec = study(data, clickme, maps={"blur": "gaussian"})
+    assert spec.alignment.ceiling is None  # raw ρ only: no align/score
+    assert "ClickMe's human ceiling" in caplog.text and "align/spearman" in caplog.text
+    # a ceiling of the study's own holds for the maps it was measured on
+    assert study(data, {"saliency": True, "ceiling": 0.5}, maps={"blur": "none"}).alignment.ceiling
+    cellpainting = {
+        "name": "cp",
+        "data": {"kind": "cellpainting", "manifest": "cp.parquet"},
+        "grids": [{"rung": ["resnet:debug"], "diet": [{"replicates": 1.0}], "objective": ["ibp"]}],
+        "alignment": clickme,
+    }
+    assert StudySpec.from_dict(cellpainting).alignment.ceiling is None
+
+
+def test_alignment_images_are_the_probe_test_ones(data):
+    spec = study(data, {"saliency": True})
+    index = load_index(spec, data["manifest"])
+    trial = plan(spec, data["manifest"]).trials[0]
+    td, _ = trial_data(index, trial.point)
+    probe_test = index.where(role="probe_test")
+    assert len(probe_test) == 8  # 2 per class
+    assert sorted(td.held_out.rows) == sorted(probe_test)
+    assert not set(td.held_out.rows) & set(td.val.rows)  # none of the early-stopping images
+    assert not set(td.held_out.rows) & set(td.train.rows)
+    # labelled as the objective's head is: the class code training uses for the same class
+    train_code = dict(zip(index.moa[td.train.rows], td.train.columns["y"], strict=True))
+    assert [train_code[c] for c in index.moa[td.held_out.rows]] == list(td.held_out.columns["y"])
+    # an objective without a classifier head has none
+    mae = plan(
+        study(data, {"saliency": True}, objectives=["mae"], rungs=["vit:debug"]), data["manifest"]
+    )
+    assert trial_data(index, mae.trials[0].point)[0].held_out is None
+
+
 # ------------------------------------------------------------------------ a trial, locally
 
 
@@ -253,6 +321,11 @@ def test_local_trial_logs_every_alignment_metric(data):
     td, _ = trial_data(index, trial.point)
     m = data["manifest"]
     cfg = replace(trial.loop, precision="fp32", channels_last=False, max_epochs=3)
+    val = natural_arrays(m, index, td.val.rows, td.val.columns)
+    val["has_map"][:] = False  # alignment must not read the early-stopping images
+    held_out = natural_arrays(m, index, td.held_out.rows, td.held_out.columns)
+    with_maps = int(held_out["has_map"].sum())
+    assert with_maps > 0
     ctx = LocalContext(
         train={
             k: v
@@ -260,22 +333,23 @@ def test_local_trial_logs_every_alignment_metric(data):
             if k in ("x", "y")
         },
         evals={
-            "val": natural_arrays(m, index, td.val.rows, td.val.columns),
+            "val": val,
             "probe": natural_arrays(m, index, td.probe.rows, td.probe.columns),
+            "held_out": held_out,
         },
         batch_size=16,
     )
     start = time.perf_counter()
     final = loop.run(cfg, ctx)
     assert time.perf_counter() - start < 60
-    assert ctx.reports[-1] == final  # what the driver logs
-    # saliency alignment on the held-out images with a map
+    assert ctx.reports[-1].items() >= final.items()  # what the driver logs
+    # saliency alignment on the probe-test images with a map, every one of them
     for k in ("align/spearman", "align/dice10", "align/iou10", "align/top1"):
         assert math.isfinite(final[k]), k
+    assert final["align/n_images"] == with_maps
     assert -1.0 <= final["align/spearman"] <= 1.0
     assert "align/score" not in final  # no ceiling configured
     # adversarial: every attacked image is correct and has a map; at most max_images
-    with_maps = int(natural_arrays(m, index, td.val.rows, td.val.columns)["has_map"].sum())
     attacked = final["adv/n_images"] + final["adv/n_misclassified"]
     assert attacked == min(8, with_maps)
     assert final["adv/n_skipped"] <= final["adv/n_images"]
@@ -285,6 +359,9 @@ def test_local_trial_logs_every_alignment_metric(data):
     assert final["neural/synth_it/n_images"] == 18.0
     assert 0.0 < final["neural/synth_it/ceiling"] <= 1.0
     assert math.isfinite(final["neural/synth_it/score"])
+    assert final["neural/synth_it/explained"] == pytest.approx(
+        final["neural/synth_it/raw"] / math.sqrt(final["neural/synth_it/ceiling"])
+    )
     assert final["neural/synth_it/best_layer"] >= 0
     # the 3D-PC probe at the rung's input size
     assert 0.0 <= final["probe/3dpc_depth/test/acc"] <= 1.0

@@ -84,6 +84,12 @@ def bad(tmp_path_factory, synth_manifest):
     return {"root": root, "manifest": synth_manifest}
 
 
+def _fixations(b: dict, name: str, images: bool = True) -> list[str]:
+    argv = ["data", "import", "natural", "fixations", str(b["root"] / name)]
+    argv += ["--out", str(b["root"] / "fx")]
+    return argv + (["--images", str(b["root"] / "folder")] if images else [])
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -245,63 +251,25 @@ CASES = [
     ),
     (
         "fixations-not-json",
-        lambda b: [
-            "data",
-            "import",
-            "natural",
-            "fixations",
-            str(b["root"] / "fix-not-json.json"),
-            "--out",
-            str(b["root"] / "fx"),
-            "--images",
-            str(b["root"] / "folder"),
-        ],
+        lambda b: _fixations(b, "fix-not-json.json"),
         2,
         ["fix-not-json.json is not valid JSON", "[y, x]"],
     ),
     (
         "fixations-list-shaped",
-        lambda b: [
-            "data",
-            "import",
-            "natural",
-            "fixations",
-            str(b["root"] / "fix-list.json"),
-            "--out",
-            str(b["root"] / "fx"),
-            "--images",
-            str(b["root"] / "folder"),
-        ],
+        lambda b: _fixations(b, "fix-list.json"),
         2,
         ["holds a list", "[y, x]"],
     ),
     (
         "fixations-short-points",
-        lambda b: [
-            "data",
-            "import",
-            "natural",
-            "fixations",
-            str(b["root"] / "fix-short.json"),
-            "--out",
-            str(b["root"] / "fx"),
-            "--images",
-            str(b["root"] / "folder"),
-        ],
+        lambda b: _fixations(b, "fix-short.json"),
         2,
         ["entry 'a/1.png' is not a list of [y, x] number pairs"],
     ),
     (
         "fixations-without-images",
-        lambda b: [
-            "data",
-            "import",
-            "natural",
-            "fixations",
-            str(b["root"] / "fix-short.json"),
-            "--out",
-            str(b["root"] / "fx"),
-        ],
+        lambda b: _fixations(b, "fix-short.json", images=False),
         2,
         ["needs --images DIR"],
     ),

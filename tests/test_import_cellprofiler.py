@@ -160,7 +160,8 @@ def test_paths_uris_and_errors(tmp_path):
         import_dataset("cellprofiler", ImportConfig(input=str(rel), out=str(out)))
     with pytest.raises(ManifestError, match="no dye"):
         import_dataset(
-            "cellprofiler", ImportConfig(input=str(rel), out=str(out), root="/r", dyes=("ER",))
+            "cellprofiler",
+            ImportConfig(input=str(rel), out=str(out), root=str(tmp_path), dyes=("ER",)),
         )
     with pytest.raises(ConfigError, match="cellprofiler"):
         import_dataset("cellprofilr", ImportConfig(input=str(rel), out=str(out)))

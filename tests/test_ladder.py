@@ -43,16 +43,38 @@ def test_N_excludes_heads_and_grows_with_the_rung():
     assert count_parameters(net) - count_parameters(backbone) == 32 * 10 + 10
 
 
+def reference_forward(net, x, residual_blocks):
+    """SEEDS §1 by hand: stem Linear+BN, then per block Linear→BN→(Dropout: eval)→GELU, adding the
+    block's input on ``residual_blocks`` (0-based)."""
+    F = torch.nn.functional
+
+    def bn(norm, h):
+        return F.batch_norm(h, norm.running_mean, norm.running_var, norm.weight, norm.bias)
+
+    h = bn(net.stem[1], F.linear(x, net.stem[0].weight, net.stem[0].bias))
+    for i, block in enumerate(net.blocks):
+        out = F.gelu(bn(block.norm, F.linear(h, block.linear.weight, block.linear.bias)))
+        h = out + h if i in residual_blocks else out
+    return h
+
+
 def test_residual_every_other_block():
-    net = get_rung("mlp:w128-l3").build((8,)).eval()
-    for block in net.blocks:  # zero blocks: output = residual path only
-        for p in block.parameters():
-            torch.nn.init.zeros_(p)
-    x = torch.randn(3, 8)
-    h = net.stem(x)
-    # block 0: GELU(0)=0; block 1: 0 + 0 (input was 0); block 2: 0 → all zero
-    assert torch.allclose(net(x), torch.zeros(3, 128))
-    assert not torch.allclose(h, torch.zeros_like(h))
+    """Residuals around blocks 1, 3, … (every other block, SEEDS §1): the forward pass equals the
+    hand-built one with exactly those, and differs from no residuals, from residuals everywhere
+    and from the other half."""
+    torch.manual_seed(0)
+    net = get_rung("mlp:w128-l6").build((8,)).eval()
+    for norm in [net.stem[1], *(b.norm for b in net.blocks)]:  # non-trivial BN statistics
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(norm.bias, -0.5, 0.5)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        got = net(x)
+        torch.testing.assert_close(got, reference_forward(net, x, {1, 3, 5}))
+        for wrong in (set(), {0, 1, 2, 3, 4, 5}, {0, 2, 4}):
+            assert not torch.allclose(got, reference_forward(net, x, wrong), atol=1e-3)
 
 
 @pytest.mark.parametrize("family", ["resnet", "vit", "convnext"])

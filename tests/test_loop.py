@@ -1,12 +1,17 @@
 """The training loop without Ray (LocalContext): learning, budgets, early stopping, resume."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from bioscale.data import manifest as mf
 from bioscale.data.diets import Diet
 from bioscale.data.splits import SampleIndex, SplitConfig
+from bioscale.errors import BioscaleError, TrainingError
 from bioscale.eval.probe import ProbeConfig
+from bioscale.objectives.ibp import IBP
 from bioscale.study.plan import GridPoint, trial_data
 from bioscale.study.spec import ObjectiveSpec
 from bioscale.train import loop
@@ -21,12 +26,12 @@ def data(synth_manifest):
     return index, x
 
 
-def make(data, objective="ibp", **overrides):
+def make(data, objective="ibp", objective_params=None, **overrides):
     index, x = data
     point = GridPoint(
         rung="debug",
         diet=Diet(replicates=1.0, extra="all"),
-        objective=ObjectiveSpec(name=objective),
+        objective=ObjectiveSpec(name=objective, params=objective_params or {}),
         seed=0,
     )
     td, num_classes = trial_data(index, point)
@@ -34,6 +39,7 @@ def make(data, objective="ibp", **overrides):
         rung="debug",
         input_shape=(x.shape[1],),
         objective=objective,
+        objective_params=objective_params or {},
         num_classes=num_classes,
         max_epochs=overrides.pop("max_epochs", 6),
         lr=3e-3,
@@ -45,8 +51,8 @@ def make(data, objective="ibp", **overrides):
         **overrides,
     )
 
-    def ctx(**kw):
-        return LocalContext(
+    def ctx(context=LocalContext, **kw):
+        return context(
             train={"x": x[td.train.rows], **td.train.columns},
             evals={
                 "val": {"x": x[td.val.rows], **td.val.columns},
@@ -109,8 +115,14 @@ def test_resume_from_checkpoint_continues_where_it_stopped(data, tmp_path):
     ckpts = sorted((tmp_path / "a").iterdir())
     resumed._last_ckpt = str(ckpts[0])
     again = loop.run(cfg, resumed)
-    epochs = [m["epoch"] for m in epoch_metrics(resumed)]
-    assert epochs == [3, 4]
+    # epochs 1-2 come back from the checkpoint as they were logged (so a driver that missed them
+    # before the crash can log them now, once); 3-4 are trained again
+    reported = epoch_metrics(resumed)
+    assert [m["epoch"] for m in reported] == [1, 2, 3, 4]
+    assert again["train/resumed_from_epoch"] == 2
+    before = {m["epoch"]: m for m in epoch_metrics(first)}
+    for m in reported[:2]:
+        assert m["train/loss"] == before[m["epoch"]]["train/loss"]
     assert again["train/samples_seen"] == full["train/samples_seen"]
 
 
@@ -158,3 +170,113 @@ def test_step_numerics_on_cpu():
     assert y.dtype == torch.bfloat16
     conv = prepare_layout(torch.nn.Conv2d(5, 4, 3), True, True, compile_model=False)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+class ScriptedValidation(IBP):
+    """IBP whose early-stopping terms follow ``script`` (one ``(ce, invariance, leakage)`` per
+    epoch, composed as IBP composes them); training steps are IBP's own."""
+
+    def __init__(self, params, script):
+        super().__init__(params)
+        self.script = script
+        self.epoch = 0
+        self._training = True
+
+    def loss_terms(self, model, batch):
+        terms = super().loss_terms(model, batch)
+        if model.training:
+            self._training = True
+            return terms
+        if self._training:  # the first validation batch of an epoch
+            self.epoch, self._training = self.epoch + 1, False
+        ce, inv, leak = (torch.tensor(v) for v in self.script[self.epoch - 1])
+        return {**terms, "ce": ce, "invariance": inv, "leakage_plate": leak, "loss": ce + inv}
+
+
+def test_ibp_early_stopping_keeps_the_lowest_ce_epoch_not_the_leakiest(data, monkeypatch):
+    """Epoch 2 has the lowest compound CE; epoch 3 a higher CE, but its plate adversary reads the
+    plate best (lowest invariance CE, highest leakage), so its ce + invariance is the lowest.
+    The kept epoch is 2 (``val/loss`` = CE); on the total it would be the leaky epoch 3."""
+    script = [(2.0, 2.0, 0.5), (1.0, 1.5, 0.4), (1.4, 0.3, 0.95)]
+    params = {"invariance": ["plate"]}
+    cfg, ctx, _ = make(data, "ibp", params, max_epochs=3)
+    net, real = loop.build_network(cfg)
+    assert real.selection_term() == "ce"
+    scripted = ScriptedValidation(real.params, script)
+    monkeypatch.setattr(loop, "build_network", lambda _cfg: (net, scripted))
+    c = ctx()
+    final = loop.run(cfg, c)
+    epochs = epoch_metrics(c)
+    assert [m["val/loss"] for m in epochs] == pytest.approx([ce for ce, _, _ in script])
+    assert [m["val/invariance"] for m in epochs] == pytest.approx([inv for _, inv, _ in script])
+    assert [m["val/leakage_plate"] for m in epochs] == pytest.approx([lk for *_, lk in script])
+    assert final["train/best_epoch"] == 2
+    assert final["val/best_loss"] == pytest.approx(1.0)
+
+
+def test_ibp_invariance_validation_logs_ce_as_val_loss_and_the_adversary_beside(data):
+    cfg, ctx, _ = make(data, "ibp", {"invariance": ["plate"]}, max_epochs=2)
+    c = ctx()
+    loop.run(cfg, c)
+    for m in epoch_metrics(c):
+        assert m["val/loss"] == m["val/ce"]
+        assert m["val/invariance"] > 0 and 0.0 <= m["val/leakage_plate"] <= 1.0
+        assert {"train/invariance", "train/leakage_plate"} <= set(m)
+
+
+class PoisonedContext(LocalContext):
+    """Serves NaN in one sample of one training batch (``poison``: 0-based epoch, 1-based batch)."""
+
+    def __init__(self, *, poison, **kw):
+        super().__init__(**kw)
+        self.poison = poison
+        self.served = 0
+
+    def train_batches(self, epoch):
+        for step, batch in enumerate(super().train_batches(epoch), start=1):
+            self.served += 1
+            if (epoch, step) == self.poison:
+                batch["x"] = batch["x"].clone()
+                batch["x"][0, 0] = float("nan")
+            yield batch
+
+
+def test_non_finite_loss_fails_the_trial_at_once_naming_epoch_step_and_terms(data):
+    cfg, ctx, n_train = make(data, "ibp", max_epochs=4)
+    c = ctx(PoisonedContext, poison=(1, 3))
+    with pytest.raises(TrainingError, match=r"epoch 2, step 3 \(ce=nan, loss=nan\)"):
+        loop.run(cfg, c)
+    batches_per_epoch = -(-n_train // 64)
+    assert c.served == batches_per_epoch + 3  # no step after the bad one, no probe
+    assert not any("final" in r for r in c.reports)
+    assert issubclass(TrainingError, BioscaleError)
+
+
+def test_the_loop_applies_the_configured_weight_decay_mode_once(data, tmp_path):
+    """The resolved ``weight_decay_mode`` reaches the optimiser the loop checkpoints."""
+    groups = {}
+    for mode in ("coupled", "decoupled"):
+        cfg, ctx, _ = make(data, "supervised", max_epochs=1, weight_decay_mode=mode)
+        c = ctx(checkpoint_root=str(tmp_path / mode))
+        loop.run(cfg, c)
+        state = torch.load(Path(c.latest_checkpoint()) / "state.pt", weights_only=True)
+        decayed, _ = state["optimizer"]["param_groups"]
+        groups[mode] = (decayed["weight_decay"], decayed["l2_penalty"])
+    assert groups == {"coupled": (0.0, 1e-6), "decoupled": (1e-6, 0.0)}
+
+
+def test_the_deferred_finite_check_of_the_gpu_path_names_the_step_one_step_late():
+    from bioscale.train.step import FiniteLossGuard
+
+    def terms(loss):
+        return {"loss": torch.tensor(loss), "ce": torch.tensor(1.0)}
+
+    guard = FiniteLossGuard(torch.device("cpu"), deferred=True)
+    guard.check(1, 1, terms(1.0))
+    guard.check(1, 2, terms(float("inf")))  # queued: read when step 3 is queued
+    with pytest.raises(TrainingError, match=r"epoch 1, step 2 \(loss=inf\)"):
+        guard.check(1, 3, terms(1.0))
+    last = FiniteLossGuard(torch.device("cpu"), deferred=True)
+    last.check(3, 7, terms(float("nan")))
+    with pytest.raises(TrainingError, match=r"epoch 3, step 7 \(loss=nan\)"):
+        last.flush()  # an epoch's last step

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from bioscale.data.natural import (
+    MapConfig,
     SynthNaturalConfig,
     fixation_map,
     generate_natural,
@@ -21,8 +22,11 @@ from bioscale.data.natural import (
     load_map,
     parse_example,
     prepare_map,
+    release_blur,
+    release_kernel,
+    resize_bilinear,
 )
-from bioscale.errors import ManifestError
+from bioscale.errors import ConfigError, ManifestError
 
 
 def _varint(n: int) -> bytes:
@@ -107,11 +111,107 @@ def test_folder_layout_and_fixations(tmp_path):
 
 def test_prepare_map_blurs_at_64_and_resizes():
     heat = np.zeros((256, 256), np.float32)
-    heat[128, 128] = 1.0
+    heat[126:130, 126:130] = 1.0
+    # 256 → 64 reads the mean of pixels 4i+1 and 4i+2: rows/columns 31 and 32 get 0.5 each, a
+    # 2×2 block of mass 1. The 10-tap kernel reaches offsets −4…+5: rows/columns 26…36 at 64 px;
+    # 64 → 32 averages pixels 2j and 2j+1: rows/columns 13…18, zero outside.
     out = prepare_map(heat, 32)
     assert out.shape == (32, 32)
-    assert np.unravel_index(out.argmax(), out.shape) in {(15, 15), (15, 16), (16, 15), (16, 16)}
-    assert out.max() < 0.01  # σ = 10 px at 64 px spreads a point over many pixels
+    rows, cols = np.nonzero(out > 0)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (13, 18, 13, 18)
+    assert out[13:19, 13:19].min() > 0
+    assert out.sum() * 4 == pytest.approx(1.0, rel=1e-5)  # kernel sums to 1; 4 px at 64 per px
+    # scipy's σ = 10 Gaussian (±40 px taps) spreads the same block over the whole map
+    spread = prepare_map(heat, 32, MapConfig(blur="gaussian"))
+    assert (spread > 0).all() and spread.sum() * 4 < 1.0  # mass lost past the frame
+    # unblurred: straight to the input size, so a map already at that size is left as it is
+    smooth = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    assert prepare_map(smooth, 32, MapConfig(blur="none")) == pytest.approx(smooth, abs=1e-6)
+
+
+def test_release_kernel_and_same_padding_match_the_clickme_release():
+    """Literal values from the release's formula: x = −5…4 across columns, y = 4…−5 down rows,
+    exp(−(x² + y²)/200) over Z = (Σ_{k=−5}^{4} e^{−k²/200})² = 9.5911468640² = 91.99009817."""
+    k = release_kernel()
+    assert k.shape == (10, 10) and k.dtype == np.float32
+    assert k.sum() == pytest.approx(1.0, rel=1e-6)
+    assert k[4, 5] == pytest.approx(0.0108707352, rel=1e-6)  # x = 0, y = 0: the centre tap
+    assert k[4, 4] == pytest.approx(0.0108165172, rel=1e-6)  # x = −1, y = 0
+    assert k[0, 0] == pytest.approx(0.0088558153, rel=1e-6)  # x = −5, y = 4
+    assert k[9, 0] == pytest.approx(0.0084661371, rel=1e-6)  # x = −5, y = −5
+    assert k[0, 9] == pytest.approx(0.0092634295, rel=1e-6)  # x = 4, y = 4
+    assert np.unravel_index(k.argmax(), k.shape) == (4, 5)
+
+    # 'SAME' for 10 taps pads 4 zeros before and 5 after: out[i, j] = Σ in[i+a−4, j+b−4]·k[a, b]
+    corner = np.zeros((64, 64), np.float32)
+    corner[0, 0] = 1.0
+    out = release_blur(corner)  # out[i, j] = k[4−i, 4−j] for i, j ≤ 4
+    rows, cols = np.nonzero(out)
+    assert rows.max() == 4 and cols.max() == 4 and len(rows) == 25  # a 5×5 response
+    assert out[0, 0] == pytest.approx(0.0108165172, rel=1e-6)  # k[4, 4]
+    assert out[0, 4] == pytest.approx(0.0095933902, rel=1e-6)  # k[4, 0]: x = −5, y = 0
+    assert out[4, 4] == pytest.approx(0.0088558153, rel=1e-6)  # k[0, 0]
+    far = np.zeros((64, 64), np.float32)
+    far[63, 63] = 1.0
+    out = release_blur(far)  # the bottom/right side has the 5th row/column of taps: 6×6
+    rows, cols = np.nonzero(out)
+    assert rows.min() == 58 and cols.min() == 58 and len(rows) == 36
+    assert out[63, 63] == pytest.approx(0.0108165172, rel=1e-6)  # k[4, 4]
+    assert out[58, 58] == pytest.approx(0.0088558153, rel=1e-6)  # k[9, 9]: x = 4, y = −5
+    centre = np.zeros((64, 64), np.float32)
+    centre[32, 32] = 1.0  # the even kernel's centre tap sits one column right of the pad
+    assert np.unravel_index(release_blur(centre).argmax(), (64, 64)) == (32, 31)
+
+
+def test_resize_bilinear_is_tf_half_pixel_without_antialiasing():
+    import torch.nn.functional as F
+
+    ramp = np.tile(np.arange(256, dtype=np.float32), (256, 1))  # value = column
+    assert resize_bilinear(ramp, (64, 64))[0] == pytest.approx(4 * np.arange(64) + 1.5)
+    small = np.tile(np.arange(64, dtype=np.float32), (64, 1))
+    up = resize_bilinear(small, (64, 224))[0]  # samples (j + ½)·64/224 − ½, clamped to [0, 63]
+    assert up[0] == 0.0 and up[-1] == 63.0
+    assert up[100] == pytest.approx((100 + 0.5) * 64 / 224 - 0.5)
+    rng = np.random.default_rng(0)
+    for shape, size in (((256, 256), (64, 64)), ((64, 64), (224, 224)), ((20, 30), (64, 64))):
+        a = rng.random(shape).astype(np.float32)
+        ref = F.interpolate(  # torch's half-pixel bilinear, an independent implementation
+            torch.from_numpy(a)[None, None], size=size, mode="bilinear", align_corners=False
+        )[0, 0].numpy()
+        assert np.abs(resize_bilinear(a, size) - ref).max() < 1e-5
+
+
+def test_decode_natural_prepares_maps_as_configured(tmp_path):
+    from bioscale.data.natural import decode_natural
+
+    heat = np.zeros((40, 40), np.float32)
+    heat[8:16, 20:28] = 1.0
+    np.save(tmp_path / "m.npy", heat)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    batch = {
+        "sample_id": np.array(["a", "b"], dtype=object),
+        "path_image": np.array([str(tmp_path / "a.png")] * 2, dtype=object),
+        "path_map": np.array([str(tmp_path / "m.npy"), None], dtype=object),
+        "y": np.array([0, 1]),
+    }
+    for maps in (None, MapConfig(blur="none"), MapConfig(blur="gaussian", sigma_px=3.0)):
+        out = decode_natural(batch, size=32, flip=False, seed=0, maps=maps)
+        assert out["map"][0] == pytest.approx(prepare_map(heat, 32, maps), abs=1e-7)
+        assert not out["map"][1].any() and out["has_map"].tolist() == [True, False]
+        assert out["y"].tolist() == [0, 1] and out["x"].shape == (2, 3, 32, 32)
+
+
+def test_map_config_names_its_mistakes():
+    assert MapConfig().blur == "release" and MapConfig().sigma == 10.0
+    assert MapConfig(blur="gaussian", sigma_px=4.0).sigma == 4.0
+    with pytest.raises(ConfigError, match=r"data\.maps\.sigma_px sets the σ of blur: gaussian"):
+        MapConfig(blur="release", sigma_px=5.0)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        MapConfig(blur="gaussian", sigma_px=0.0)
+    with pytest.raises(ConfigError, match="one of release, none, gaussian"):
+        MapConfig(blur="box")
+    with pytest.raises(ManifestError, match="2-D"):
+        prepare_map(np.zeros((8, 8, 3), np.float32), 32)
 
 
 @pytest.mark.timeout(300)

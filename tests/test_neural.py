@@ -56,6 +56,9 @@ def test_noisy_recordings_limit_a_perfect_model_to_the_root_of_the_ceiling():
     m = score_layers({"good": feats["good"]}, resp, name="toy", cfg=CFG, repeats=trials).metrics
     assert 0.4 < m["neural/toy/ceiling"] < 0.9
     assert m["neural/toy/raw"] == pytest.approx(np.sqrt(m["neural/toy/ceiling"]), abs=0.06)
+    # raw / ceiling overshoots 1 for this perfect model; raw / √ceiling reads ≈ 1
+    assert m["neural/toy/score"] > 1.05
+    assert m["neural/toy/explained"] == pytest.approx(1.0, abs=0.08)
 
 
 def test_shuffled_responses_score_near_zero():
@@ -64,6 +67,7 @@ def test_shuffled_responses_score_near_zero():
     m = score_layers(feats, shuffled, name="shuf", cfg=CFG).metrics
     assert abs(m["neural/shuf/raw"]) < 0.15
     assert "neural/shuf/ceiling" not in m  # no repeats, no ceiling: score is the raw r
+    assert "neural/shuf/explained" not in m
     assert m["neural/shuf/score"] == m["neural/shuf/raw"]
 
 

@@ -5,11 +5,14 @@ import pytest
 import torch
 from scipy.signal import convolve2d
 
+from bioscale.errors import ConfigError
 from bioscale.models.ladder import get_rung
 from bioscale.objectives import registry as objectives
 from bioscale.objectives.harmonized import gaussian_pyramid, pyramid_alignment_loss
 from bioscale.objectives.ibp import gradient_reversal
 from bioscale.train.loop import Network, param_groups
+from bioscale.train.precision import StepNumerics
+from bioscale.train.step import make_optimizer, train_step
 
 KERNEL = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256.0
 
@@ -110,12 +113,81 @@ def test_no_maps_means_plain_cross_entropy():
     assert terms["loss"].item() == pytest.approx(terms["ce"].item())
 
 
-def test_harmonized_weight_decay_is_the_published_one_and_applied_once():
+def loss_gradients(net, objective, batch):
+    """∂(objective's loss)/∂θ alone, for every parameter (a deterministic net: no BN, dropout)."""
+    names, params = zip(*net.named_parameters(), strict=True)
+    grads = torch.autograd.grad(objective.loss_terms(net, batch)["loss"], params)
+    return dict(zip(names, grads, strict=True))
+
+
+def test_harmonized_coupled_weight_decay_adds_the_l2_penalty_gradient_once():
+    """The release's loss adds 1e-5·Σ½‖w‖² over the decayed weights: the step's gradient is the
+    objective's plus 1e-5·w on those weights, nothing on biases, and AdamW decays nothing more."""
     objective = objectives.build("harmonized")
-    assert objective.weight_decay(1e-6) == 1e-5
+    assert (objective.weight_decay(1e-6), objective.weight_decay_mode("decoupled")) == (
+        1e-5,
+        "coupled",
+    )
+    torch.manual_seed(0)
+    # float64: the 1e-5·w penalty (~1e-6) is read off a gradient ~1e-1 without rounding noise
+    net = Network(TinyConvNet(), objective.build_heads(4, {"y": 3})).double()
+    batch = harmonized_batch([True, False])
+    batch |= {k: batch[k].double() for k in ("x", "map")}
+    want = loss_gradients(net, objective, batch)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    optimizer = make_optimizer(
+        net, lr=1e-3, weight_decay=1e-5, weight_decay_mode="coupled", device=torch.device("cpu")
+    )
+    train_step(
+        net,
+        objective,
+        optimizer,
+        batch,
+        StepNumerics(precision="fp32", channels_last=False, device=torch.device("cpu")),
+    )
+    for name, p in net.named_parameters():  # conv and head weights decay, biases do not
+        penalty = 1e-5 * before[name] if name.endswith("weight") else torch.zeros_like(p)
+        torch.testing.assert_close(p.grad - want[name], penalty, rtol=1e-9, atol=1e-15)
+    assert all(g["weight_decay"] == 0.0 for g in optimizer.param_groups)  # applied once
+
+
+def test_decoupled_weight_decay_leaves_the_gradient_to_adamw():
+    objective = objectives.build("harmonized", {"weight_decay_mode": "decoupled"})
+    torch.manual_seed(0)
     net = Network(TinyConvNet(), objective.build_heads(4, {"y": 3}))
-    groups = param_groups(net, objective.weight_decay(1e-6))
-    assert [g["weight_decay"] for g in groups] == [1e-5, 0.0]
+    batch = harmonized_batch([True, False])
+    want = loss_gradients(net, objective, batch)
+    cpu = torch.device("cpu")
+    optimizer = make_optimizer(
+        net,
+        lr=1e-3,
+        weight_decay=1e-5,
+        weight_decay_mode=objective.weight_decay_mode("coupled"),
+        device=cpu,
+    )
+    train_step(
+        net,
+        objective,
+        optimizer,
+        batch,
+        StepNumerics(precision="fp32", channels_last=False, device=cpu),
+    )
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, want[name])
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-5, 0.0]
+    with pytest.raises(ConfigError, match="weight_decay_mode must be 'coupled' or 'decoupled'"):
+        param_groups(net, 1e-5, "l2")
+
+
+def test_weight_decay_skips_patch_embeddings_tokens_norms_and_biases():
+    net = get_rung("vit:debug").build((3, 32, 32))
+    decay, no_decay = param_groups(net, 1e-5, "coupled")
+    names = {id(p): n for n, p in net.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"patch_embed.proj.weight", "cls_token", "pos_embed"} <= skipped
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed and all(n.endswith(".weight") and "norm" not in n for n in decayed)
+    assert "blocks.0.attn.qkv.weight" in decayed and "patch_embed.proj.weight" not in decayed
 
 
 @pytest.mark.parametrize("rung", ["resnet:debug", "vit:debug"])
@@ -188,3 +260,41 @@ def test_harmonized_step_under_bf16_autocast(rung):
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"]) and terms["align"].item() > 0
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_harmonized_trials_resolve_the_coupled_decay_into_config_params_and_key(tmp_path):
+    from bioscale.data.natural import SynthNaturalConfig, generate_natural
+    from bioscale.study.plan import plan
+    from bioscale.study.spec import StudySpec
+
+    manifest = generate_natural(SynthNaturalConfig(per_class=6, size=32), tmp_path / "data")
+
+    def trial(params):
+        spec = StudySpec.from_dict(
+            {
+                "name": "wd",
+                "data": {
+                    "kind": "natural",
+                    "manifest": str(manifest),
+                    "splits": {"probe_train": 1, "probe_val": 1, "probe_test": 1},
+                    "image": {"crop": 32},
+                },
+                "grids": [
+                    {
+                        "rung": ["resnet:debug"],
+                        "diet": [{}],
+                        "objective": [{"name": "harmonized", "params": params}],
+                    }
+                ],
+            }
+        )
+        (only,) = plan(spec, manifest).trials
+        return only
+
+    coupled, decoupled = trial({}), trial({"weight_decay_mode": "decoupled"})
+    assert (coupled.loop.weight_decay, coupled.loop.weight_decay_mode) == (1e-5, "coupled")
+    assert decoupled.loop.weight_decay_mode == "decoupled"
+    assert (
+        coupled.params["weight_decay_mode"] == "coupled" and coupled.params["weight_decay"] == 1e-5
+    )
+    assert coupled.key != decoupled.key

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from bioscale.errors import BioscaleError
+from bioscale.uri import redact_uri
 
 
 def _default_out(name: str) -> Path:
@@ -65,6 +66,11 @@ def cmd_import_natural(args: argparse.Namespace) -> int:
         )
         path = natural.import_clickme(shards, out, args.novel_fraction)
     else:
+        if args.images is None:
+            raise BioscaleError(
+                "data import natural fixations needs --images DIR, the folder the fixations "
+                "file's image paths are relative to"
+            )
         path = natural.import_fixations(args.input, args.images, out, sigma_px=args.sigma_px)
     print(f"wrote {path}")
     return 0
@@ -156,6 +162,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     spec = _load_spec(args.study)
     out = Path(args.out or _default_out(spec.name))
     check_locations(spec, out)
+    if args.address:  # an unreachable cluster is said before the plan's work, not after
+        from bioscale.study.capacity import check_ray_address
+
+        check_ray_address(args.address)
     study_plan = plan(spec, ensure_manifest(spec, out))
     print(format_plan(study_plan))
     _check_capacity(spec, study_plan, args)
@@ -266,7 +276,7 @@ def _print_where(result, analysis) -> None:
         print(f"plot:         {p}")
     print(f"fits (JSON):  {analysis.fits_json}")
     print(f"trial table:  {analysis.table}")
-    print(f"MLflow store: {result.tracking_uri}")
+    print(f"MLflow store: {redact_uri(result.tracking_uri)}")
     if result.tracking_uri.startswith("sqlite:"):
         print(
             f"browse it:    .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri} "
@@ -300,7 +310,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     experiment_id = tracker.experiment(spec.name)
     parents = tracker.runs(experiment_id, "study")
     if not parents:
-        raise BioscaleError(f"no study run for {spec.name!r} in {tracker.uri}; run it first")
+        raise BioscaleError(
+            f"no study run for {spec.name!r} in {redact_uri(tracker.uri)}; run it first"
+        )
     analysis = analyse(tracker, experiment_id, parents[0].info.run_id, spec.name, out)
     print(f"report: {analysis.report}")
     return 0
@@ -332,7 +344,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if unknown:
         raise BioscaleError(
             f"no FINISHED trial run {', '.join(sorted(unknown))} in study {spec.name!r} "
-            f"({tracker.uri})"
+            f"({redact_uri(tracker.uri)})"
         )
     trials = {t.key: t for t in plan(spec, manifest).trials}
     index = load_index(spec, manifest)
@@ -403,9 +415,18 @@ def _scaling_rows(args: argparse.Namespace):
     return load_rows(args.table, experiment=args.experiment, tracking_uri=args.tracking_uri)
 
 
+def _check_bootstrap(args: argparse.Namespace) -> None:
+    if args.bootstrap < 0:
+        raise BioscaleError(
+            f"--bootstrap {args.bootstrap}: the number of bootstrap replicates must be ≥ 0 "
+            "(0: no intervals; default 200)"
+        )
+
+
 def _scaling_fits(args: argparse.Namespace):
     from bioscale.scaling.api import fit_table
 
+    _check_bootstrap(args)
     found = fit_table(
         _scaling_rows(args),
         metric=args.metric,
@@ -415,13 +436,28 @@ def _scaling_fits(args: argparse.Namespace):
         group=args.group or [],
         split_by=args.by,
         frontier=args.frontier,
+        frontier_select=args.frontier_select,
         n_boot=args.bootstrap,
+        bootstrap_scheme=args.bootstrap_scheme,
         holdout=args.holdout,
         plateau_k=args.plateau_k,
     )
     for issue in found.issues:
         print(f"bioscale: data: {issue}", file=sys.stderr)
+    if not found.fits:
+        raise BioscaleError(f"nothing to fit in the table ({'; '.join(found.issues)})")
     return found
+
+
+def _unfitted(found) -> int:
+    """Print why each curve that could not be fitted was not; 1 if any, else 0 (the exit code)."""
+    failed = [f for f in found.fits if f.params is None]
+    for f in failed:
+        name = ", ".join(f"{k}={v}" for k, v in f.group.items()) or "the table"
+        print(
+            f"bioscale: error: no {f.law} fit of {f.metric} for {name}: {f.note}", file=sys.stderr
+        )
+    return 1 if failed else 0
 
 
 def _emit(payload: dict, path: str | None) -> None:
@@ -448,7 +484,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             found.fits, args.plot, title=f"{args.metric} vs {args.axis}", ylabel=args.metric
         )
         print(f"wrote {path}")
-    return 0
+    return _unfitted(found)
 
 
 def _at(values: list[str] | None) -> dict[str, float]:
@@ -457,39 +493,55 @@ def _at(values: list[str] | None) -> dict[str, float]:
         name, _, value = item.partition("=")
         if not value:
             raise BioscaleError(f"--at takes AXIS=VALUE (e.g. N=1e8), got {item!r}")
-        out[name.strip()] = float(value)
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise BioscaleError(f"--at {item!r}: the value must be a number (e.g. N=1e8)") from None
     return out
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
+    import math
+
     from bioscale.scaling.api import forecast_fits
 
+    if not math.isfinite(args.target):
+        raise BioscaleError(f"--target {args.target}: give a finite metric value to reach")
+    at = _at(args.at)
     found = _scaling_fits(args)
-    forecasts = forecast_fits(found.fits, args.target, along=args.along, at=_at(args.at))
+    forecasts = forecast_fits(found.fits, args.target, along=args.along, at=at)
     _emit({"forecasts": [f.to_json() for f in forecasts], "issues": found.issues}, args.json)
-    return 0
+    return _unfitted(found)
 
 
 def cmd_scaling_report(args: argparse.Namespace) -> int:
     """``bioscale report``: a study YAML or MLflow study experiment (fits logged under the study's
     parent run), or a CSV/Parquet table."""
+    import math
+
     source = args.study_or_table
     if source and source.endswith((".yaml", ".yml")):
         args.study = source
         return cmd_report(args)
+    _check_bootstrap(args)
+    if args.target is not None and not math.isfinite(args.target):
+        raise BioscaleError(f"--target {args.target}: give a finite metric value to forecast")
     out = Path(args.out).resolve()
     targets = [args.target] if args.target is not None else None
     if args.experiment is not None:
         from bioscale.study.analysis import analyse
         from bioscale.study.tracking import Tracker
+        from bioscale.tracking_uri import check_readable_store
 
-        tracker = Tracker(
-            args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "",
-            artifact_root=out / "mlartifacts",
-        )
+        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+        if uri:
+            check_readable_store(uri)
+        tracker = Tracker(uri, artifact_root=out / "mlartifacts")
         exp = tracker.client.get_experiment_by_name(args.experiment)
         if exp is None:
-            raise BioscaleError(f"no MLflow experiment {args.experiment!r} in {tracker.uri}")
+            raise BioscaleError(
+                f"no MLflow experiment {args.experiment!r} in {redact_uri(tracker.uri)}"
+            )
         parents = tracker.runs(exp.experiment_id, "study")
         if not parents:
             raise BioscaleError(f"experiment {args.experiment!r} has no study run to report")
@@ -778,7 +830,25 @@ def build_parser() -> argparse.ArgumentParser:
             return
         p.add_argument("--axis", default=axis_default, help="D, N or N,D (default: %(default)s)")
         p.add_argument("--by", action="append", help="split curves by this column too")
-        p.add_argument("--frontier", action="store_true", help="fit the best value per scale")
+        p.add_argument(
+            "--frontier",
+            action="store_true",
+            help="fit one run per scale: the one with the best validation score",
+        )
+        p.add_argument(
+            "--frontier-select",
+            default="auto",
+            metavar="COLUMN[:lower|higher]",
+            help="the column the frontier picks runs by (default auto: the metric's validation "
+            "split, else val/best_loss)",
+        )
+        p.add_argument(
+            "--bootstrap-scheme",
+            choices=("seeds", "cases"),
+            default="seeds",
+            help="seeds: resample seeds within each scale (residuals where one run); cases: "
+            "resample runs (default: %(default)s)",
+        )
         p.add_argument("--holdout", type=int, default=1, help="largest scales the backtest holds")
         p.add_argument("--plateau-k", type=int, default=2, help="scales without gain = plateau")
 
@@ -815,11 +885,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except BioscaleError as err:
-        print(f"bioscale: error: {err}", file=sys.stderr)
-        return 2
+        code = getattr(err, "exit_code", 2)  # 130: interrupted (StudyInterrupted)
+        print(f"bioscale: {'error: ' if code == 2 else ''}{err}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(
-            "bioscale: interrupted; finished trials are in MLflow and are skipped on re-run",
+            "bioscale: interrupted; nothing it was doing is complete. Finished trials are in "
+            "MLflow and are skipped on re-run; `bioscale study resume` continues a study.",
             file=sys.stderr,
         )
         return 130

@@ -15,3 +15,7 @@ class ManifestError(BioscaleError, ValueError):
 
 class TrackingError(BioscaleError, RuntimeError):
     """The MLflow tracking store cannot be reached or holds something unexpected."""
+
+
+class TrainingError(BioscaleError, RuntimeError):
+    """A trial's training cannot go on (e.g. a non-finite loss); names the epoch and step."""

@@ -9,8 +9,11 @@ Importers: (a) a folder layout ``images/<class>/<name>.<ext>`` with ``maps/<clas
 int64), read without TensorFlow; (c) eye-tracking fixations, per-image (y, x) lists accumulated into
 a map and blurred with a Gaussian of ``sigma_px`` pixels.
 
-Maps are prepared as the harmonizer's release did: resize to 64×64, Gaussian blur σ = 10 px at that
-scale, resize to the input size (``prepare_map``).
+Maps are prepared by ``prepare_map`` as ``MapConfig`` (a study's ``data.maps``) says; the default,
+``release``, is exactly the ClickMe release's preprocessing (serre-lab/Harmonization,
+``harmonization/common/clickme_dataset.py`` and ``blur.py``): bilinear resize to 64×64, a 10×10-tap
+Gaussian of σ = 10 px with 'SAME' zero padding, bilinear resize to the input size. Only maps
+prepared so are comparable with ClickMe's human ceiling (0.65753).
 """
 
 from __future__ import annotations
@@ -19,19 +22,23 @@ import io
 import json
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bioscale.data.hashing import rank_key
-from bioscale.errors import ManifestError
+from bioscale.errors import ConfigError, ManifestError
 
 NATURAL_COLUMNS = ("sample_id", "path_image", "path_map", "label", "group")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 MAP_SCALE = 64  # px: maps are blurred at this size (ClickMe release)
-MAP_SIGMA = 10.0  # px at MAP_SCALE
+MAP_SIGMA = 10.0  # px at MAP_SCALE: the release's BLUR_SIGMA
+RELEASE_TAPS = 10  # the release's BLUR_KERNEL_SIZE: an even kernel, 10×10 taps
+MAP_BLURS = ("release", "none", "gaussian")
 
 
 def write_natural(path: str | Path, rows: list[dict]) -> Path:
@@ -72,27 +79,128 @@ def load_image(path: str, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
-def prepare_map(heatmap: np.ndarray, size: int) -> np.ndarray:
-    """A human map as the release prepared it: 64×64, Gaussian blur σ = 10 px, then ``size``²."""
-    from PIL import Image
-    from scipy.ndimage import gaussian_filter
+@dataclass(frozen=True, kw_only=True)
+class MapConfig:
+    """How a human map becomes the (size, size) target of a trial (a study's ``data.maps``).
 
-    small = np.asarray(
-        Image.fromarray(heatmap.astype(np.float32)).resize((MAP_SCALE, MAP_SCALE), Image.BILINEAR)
-    )
-    blurred = gaussian_filter(small, sigma=MAP_SIGMA, mode="constant")
-    return np.asarray(
-        Image.fromarray(blurred.astype(np.float32)).resize((size, size), Image.BILINEAR),
-        dtype=np.float32,
-    )
+    Attributes:
+        blur: ``release`` — the ClickMe release's preprocessing, reproduced exactly
+            (``release_kernel``, ``release_blur``, ``resize_bilinear``); the only maps ClickMe's
+            human ceiling (0.65753) applies to. ``none`` — the map resized straight to the input
+            size, no blur and no low-pass filter (for maps already smooth at that scale, e.g.
+            fixation maps, which ``import_fixations`` blurs).
+            ``gaussian`` — resize to 64×64, a full Gaussian of ``sigma_px`` (taps out to ±4σ,
+            zero padding; scipy ``gaussian_filter``), resize to the input size.
+        sigma_px: σ of ``gaussian`` in pixels of the 64×64 map (default 10); the release's
+            kernel is fixed (σ = 10 px, 10 taps), and ``none`` has none.
+    """
+
+    blur: Literal["release", "none", "gaussian"] = "release"
+    sigma_px: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.blur not in MAP_BLURS:
+            raise ConfigError(f"data.maps.blur: one of {', '.join(MAP_BLURS)}, not {self.blur!r}")
+        if self.sigma_px is not None and self.blur != "gaussian":
+            has = {"release": "the release's fixed kernel (10 taps, σ = 10 px)", "none": "no blur"}
+            raise ConfigError(
+                f"data.maps.sigma_px sets the σ of blur: gaussian; blur {self.blur!r} has "
+                f"{has[self.blur]}: remove sigma_px or use blur: gaussian"
+            )
+        if self.sigma_px is not None and not self.sigma_px > 0:
+            raise ConfigError(
+                f"data.maps.sigma_px must be > 0 (pixels of the 64×64 map), got {self.sigma_px}"
+            )
+
+    @property
+    def sigma(self) -> float:
+        """σ in pixels of the 64×64 map (``gaussian`` and ``release``; 0 for ``none``)."""
+        if self.blur == "none":
+            return 0.0
+        return MAP_SIGMA if self.sigma_px is None else float(self.sigma_px)
 
 
-def load_map(path: str | None, size: int) -> np.ndarray | None:
-    """A map file (PNG, JPEG or ``.npy``) → prepared (size, size) float32, or None."""
+@lru_cache(maxsize=64)
+def _bilinear_weights(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) float64 interpolation matrix of one axis (``resize_bilinear``)."""
+    at = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    floor = np.floor(at)
+    lerp = at - floor
+    lower = np.clip(floor, 0, n_in - 1).astype(np.int64)
+    upper = np.clip(np.ceil(at), 0, n_in - 1).astype(np.int64)
+    w = np.zeros((n_out, n_in))
+    np.add.at(w, (np.arange(n_out), lower), 1.0 - lerp)
+    np.add.at(w, (np.arange(n_out), upper), lerp)
+    w.flags.writeable = False
+    return w
+
+
+def resize_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) → ``shape`` as TF 2's ``tf.image.resize(method="bilinear")`` (``antialias=False``:
+    ``resize_bilinear`` with half-pixel centres): output pixel i samples input coordinate
+    (i + ½)·in/out − ½, clamped to the edge pixels, interpolating its two neighbours; no
+    low-pass filter when shrinking (256 → 64 reads pixels 4i + 1 and 4i + 2 only). float32."""
+    h, w = image.shape
+    rows, cols = _bilinear_weights(shape[0], h), _bilinear_weights(shape[1], w)
+    return (rows @ np.asarray(image, np.float64) @ cols.T).astype(np.float32)
+
+
+def release_kernel(size: int = RELEASE_TAPS, sigma: float = MAP_SIGMA) -> np.ndarray:
+    """(size, size) float32 Gaussian taps as the release builds them (``gaussian_kernel``):
+    column j has x = j − ⌈(size−1)/2⌉ and row i has y = ⌊(size−1)/2⌋ − i, so for size 10
+    x = −5…4 and y = 4…−5; exp(−(x² + y²)/2σ²) normalised to sum 1. For an even size the
+    centre tap (x = y = 0) is row 4, column 5."""
+    lo = -(size - 1) // 2  # Python's floor division, as the release: −5 for size 10
+    xs, ys = np.meshgrid(np.arange(lo, (size - 1) // 2 + 1), np.arange((size - 1) // 2, lo - 1, -1))
+    kernel = np.exp(-(xs**2 + ys**2) / (2.0 * sigma**2))
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def release_blur(image: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) → (H, W) as ``tf.nn.conv2d(image, kernel, strides=1, padding="SAME")``:
+    cross-correlation (the kernel is not flipped) with zero padding of ⌊(k−1)/2⌋ rows/columns
+    before and ⌈(k−1)/2⌉ after (k = 10: 4 top/left, 5 bottom/right). float32."""
+    kernel = release_kernel() if kernel is None else np.asarray(kernel, np.float64)
+    kh, kw = kernel.shape
+    h, w = image.shape
+    top, left = (kh - 1) // 2, (kw - 1) // 2
+    padded = np.pad(np.asarray(image, np.float64), ((top, kh - 1 - top), (left, kw - 1 - left)))
+    out = np.zeros((h, w))
+    for a in range(kh):
+        for b in range(kw):
+            out += kernel[a, b] * padded[a : a + h, b : b + w]
+    return out.astype(np.float32)
+
+
+def prepare_map(heatmap: np.ndarray, size: int, maps: MapConfig | None = None) -> np.ndarray:
+    """A (H, W) human map → the (size, size) float32 map a trial sees, blurred as ``maps``
+    says (default: exactly as the ClickMe release — 64×64, its 10×10 σ = 10 kernel, ``size``²)."""
+    maps = maps or MapConfig()
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.ndim != 2:
+        raise ManifestError(f"a human map must be a 2-D (H, W) array, got shape {heatmap.shape}")
+    if maps.blur == "none":
+        return resize_bilinear(heatmap, (size, size))
+    small = resize_bilinear(heatmap, (MAP_SCALE, MAP_SCALE))
+    if maps.blur == "release":
+        blurred = release_blur(small)
+    else:
+        from scipy.ndimage import gaussian_filter
+
+        blurred = gaussian_filter(small, sigma=maps.sigma, mode="constant")
+    return resize_bilinear(blurred, (size, size))
+
+
+def load_map(path: str | None, size: int, maps: MapConfig | None = None) -> np.ndarray | None:
+    """A map file (PNG, JPEG or ``.npy``) → prepared (size, size) float32 (``prepare_map``),
+    or None."""
     if path is None:
         return None
     raw = np.load(path) if str(path).endswith(".npy") else _load_gray(path)
-    return prepare_map(raw, size)
+    try:
+        return prepare_map(raw, size, maps)
+    except ManifestError as err:
+        raise ManifestError(f"human map {path}: {err}") from None
 
 
 def fixation_map(
@@ -264,6 +372,34 @@ def import_clickme(
     return write_natural(out_dir / "manifest.parquet", rows)
 
 
+def _read_fixations(path: Path) -> dict[str, list[tuple[float, float]]]:
+    """The fixations JSON, validated: ``{"<class>/<file>": [[y, x], ...]}`` with numeric points."""
+    hint = 'it must map each image ("<class>/<file>") to a list of [y, x] fixations'
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"fixations file {path} does not exist") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ManifestError(f"fixations file {path} is not valid JSON ({err}); {hint}") from None
+    if not isinstance(entries, dict) or not entries:
+        raise ManifestError(
+            f"fixations file {path} holds a {type(entries).__name__}"
+            f"{' (empty)' if not entries else ''}; {hint}"
+        )
+    for rel, points in entries.items():
+        if not isinstance(points, list) or not all(
+            isinstance(p, list | tuple)
+            and len(p) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p)
+            for p in points
+        ):
+            raise ManifestError(
+                f"fixations file {path}: entry {rel!r} is not a list of [y, x] number pairs "
+                f"(got {json.dumps(points)[:80]}); {hint}"
+            )
+    return entries
+
+
 def import_fixations(
     fixations_json: str | Path, images_root: str | Path, out_dir: str | Path, sigma_px: float = 25.0
 ) -> Path:
@@ -272,7 +408,7 @@ def import_fixations(
     ``sigma_px`` (pixels of the original image) is the blur of each fixation, roughly one degree
     of visual angle in typical eye-tracking setups; state yours when you publish.
     """
-    entries = json.loads(Path(fixations_json).read_text())
+    entries = _read_fixations(Path(fixations_json))
     out_dir = Path(out_dir)
     rows = []
     for rel, points in sorted(entries.items()):
@@ -433,25 +569,35 @@ def metadata_table(path: str | Path) -> pa.Table:
 
 
 def decode_natural(
-    batch: dict[str, np.ndarray], *, size: int, flip: bool, seed: int | None
+    batch: dict[str, np.ndarray],
+    *,
+    size: int,
+    flip: bool,
+    seed: int | None,
+    maps: MapConfig | None = None,
 ) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` (numpy format): images and maps → ``x`` (B, 3, size, size) float32
-    in [0, 1], ``map`` (B, size, size) float32 (zeros where absent), ``has_map`` (B,) bool.
-    With ``flip`` each image and its map are mirrored together with probability ½."""
+    in [0, 1], ``map`` (B, size, size) float32 prepared as ``maps`` says (``prepare_map``; zeros
+    where absent), ``has_map`` (B,) bool. With ``flip`` each image and its map are mirrored
+    together with probability ½."""
     ids = [str(s) for s in batch["sample_id"]]
-    xs, maps, has = [], [], []
+    xs, prepared, has = [], [], []
     for i, sid in enumerate(ids):
         x = load_image(str(batch["path_image"][i]), size)
         raw = batch["path_map"][i]
-        m = load_map(str(raw), size) if raw is not None and str(raw) not in ("", "None") else None
+        m = (
+            load_map(str(raw), size, maps)
+            if raw is not None and str(raw) not in ("", "None")
+            else None
+        )
         has.append(m is not None)
         m = m if m is not None else np.zeros((size, size), np.float32)
         rng = np.random.default_rng(None if seed is None else rank_key(sid, seed))
         if flip and rng.random() < 0.5:
             x, m = x[:, :, ::-1], m[:, ::-1]
         xs.append(np.ascontiguousarray(x))
-        maps.append(np.ascontiguousarray(m))
-    out = {"x": np.stack(xs), "map": np.stack(maps), "has_map": np.array(has, dtype=bool)}
+        prepared.append(np.ascontiguousarray(m))
+    out = {"x": np.stack(xs), "map": np.stack(prepared), "has_map": np.array(has, dtype=bool)}
     for name, values in batch.items():
         if name not in ("path_image", "path_map", "sample_id"):
             out[name] = values

@@ -258,9 +258,11 @@ def decoded_natural(
     batch_size: int,
     cpus_per_task: float,
     select_cpus: float = 0.25,
+    maps=None,
 ):
     """Selected natural images → ``{"x": (3, size, size), "map": (size, size), "has_map": bool,
-    <label>: int64}``, decoded in parallel ``map_batches`` tasks (maps flip with their image)."""
+    <label>: int64}``, decoded in parallel ``map_batches`` tasks (maps flip with their image;
+    ``maps``: how they are blurred, ``bioscale.data.natural.MapConfig``, default ``release``)."""
 
     from bioscale.data.natural import decode_natural
 
@@ -272,7 +274,7 @@ def decoded_natural(
         batch_format="numpy",
         batch_size=batch_size,
         num_cpus=cpus_per_task,
-        fn_kwargs={"size": size, "flip": flip, "seed": seed},
+        fn_kwargs={"size": size, "flip": flip, "seed": seed, "maps": maps},
     )
     return decoded.select_columns(["x", "map", "has_map", *labels])
 

@@ -2,7 +2,8 @@
 
 Importance = max over channels of |∂(true-class logit)/∂x|; per image, Spearman ρ between the
 importance map and the human map; the score is the mean ρ. ClickMe's human ceiling (0.65753) is
-valid only on ClickMe: other map datasets report raw ρ or their own ceiling.
+valid only on ClickMe, with maps blurred as its release blurs them (``bioscale.data.natural``,
+``MapConfig(blur="release")``): other maps report raw ρ or their own ceiling.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ def alignment_metrics(
 def model_alignment(
     model, batches, device, *, ceiling: float | None, label: str = "y"
 ) -> dict[str, float]:
-    """Alignment metrics and ``align/top1`` of ``model`` (``forward(x) → (emb, {"y": logits})``)
-    over the images with a human map in ``batches`` (``x``, ``map``, ``has_map``, ``label``).
+    """Alignment metrics, ``align/top1`` and ``align/n_images`` (the images scored) of ``model``
+    (``forward(x) → (emb, {"y": logits})``) over the images with a human map in ``batches``
+    (``x``, ``map``, ``has_map``, ``label``).
 
     Importance is taken for the true class, max over channels of |∂logit/∂x|; maps and images are
     gathered on the CPU, one batch of gradients at a time."""
@@ -111,5 +113,7 @@ def model_alignment(
     if not imps:
         return {}
     out = alignment_metrics(np.concatenate(imps), np.concatenate(humans), ceiling)
-    out["align/top1"] = float(np.concatenate(hits).mean())
+    correct = np.concatenate(hits)
+    out["align/top1"] = float(correct.mean())
+    out["align/n_images"] = float(len(correct))
     return out

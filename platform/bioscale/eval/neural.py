@@ -21,9 +21,17 @@ every layer's PLS (``n_components`` = 25, ``scale=False``) is fit on the rest an
 the held-out fold. The layer is thus chosen without the test images. Every image is predicted once;
 per-neuron Pearson r of the held-out predictions, median over neurons, is the raw score. With
 repeats, the ceiling is the split-half reliability with the Spearman–Brown correction (median over
-neurons, mean over ``ceiling_splits`` random halvings) and ``score`` = raw / ceiling. A model that
-predicts the noise-free signal exactly reaches raw r ≈ √ceiling, so ``score`` can exceed 1 when the
-recordings are noisy; ``raw`` is logged beside it.
+neurons, mean over ``ceiling_splits`` random halvings), and two normalised scores are logged:
+
+- ``score`` = raw / ceiling, Brain-Score's ceiled convention (compare with published ceiled
+  numbers). A model that predicts the noise-free signal exactly reaches raw r ≈ √ceiling, so
+  ``score`` ≈ 1/√ceiling for it and can exceed 1 when the recordings are noisy.
+- ``explained`` = raw / √ceiling, r corrected for the attenuation by trial noise (Spearman's
+  correction): ≈ the correlation with the noise-free response, ≈ 1 for a perfect model whatever
+  the noise (above 1 only by sampling error). Compare models across datasets of different
+  reliability with it.
+
+Without repeats there is no ceiling: ``score`` = raw and no ``explained``.
 """
 
 from __future__ import annotations
@@ -321,7 +329,8 @@ class NeuralScore:
     """Metrics (frozen names, floats) plus what MLflow metrics cannot hold.
 
     Attributes:
-        metrics: ``neural/<name>/{score, raw, ceiling, best_layer, n_images, n_neurons, seconds}``;
+        metrics: ``neural/<name>/{score, raw, ceiling, explained, best_layer, n_images,
+            n_neurons, seconds}`` (``ceiling``, ``explained`` only with repeats);
             ``best_layer`` is the index (in the order given) of the layer most outer folds chose.
         best_layer_name: that layer's name.
         layer_validation: per layer, mean over outer folds of its validation median r.
@@ -470,6 +479,7 @@ def score_layers(
         )
         metrics[f"{prefix}/ceiling"] = ceiling
         metrics[f"{prefix}/score"] = raw / ceiling if ceiling > 0 else float("nan")
+        metrics[f"{prefix}/explained"] = raw / np.sqrt(ceiling) if ceiling > 0 else float("nan")
     else:
         metrics[f"{prefix}/score"] = raw
     metrics[f"{prefix}/seconds"] = time.perf_counter() - start

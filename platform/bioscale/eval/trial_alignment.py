@@ -4,16 +4,20 @@ Four evaluations, each optional, run on rank 0 with the trained network (best we
 eval mode), after the probe suite:
 
 - ``saliency``: ``bioscale.eval.alignment.model_alignment`` → ``align/spearman``,
-  ``align/dice10``, ``align/iou10``, ``align/top1`` (+ ``align/score`` with a ``ceiling``);
+  ``align/dice10``, ``align/iou10``, ``align/top1``, ``align/n_images`` (+ ``align/score`` with a
+  ``ceiling``; ClickMe's only where the maps are blurred as its release blurs them);
 - ``adversarial``: ``bioscale.eval.adversarial.model_adversarial`` → ``adv/*``;
 - ``neural``: per dataset folder, ``bioscale.eval.neural.score_model`` over the backbone's feature
-  layers → ``neural/<dataset>/{score, raw, ceiling, best_layer, ...}``;
+  layers → ``neural/<dataset>/{score, explained, raw, ceiling, best_layer, ...}`` (``score`` =
+  raw / ceiling, ``explained`` = raw / √ceiling: ``bioscale.eval.neural``);
 - ``threedpc``: per task folder, ``bioscale.eval.threedpc.evaluate_3dpc`` on the frozen backbone
   → ``probe/3dpc_<task>/{test, val, human}/acc``.
 
-Saliency and adversarial alignment read the trial's early-stopping validation images (held out
-from training, labelled in the objective's own class space, so the true-class logit is the ``y``
-head's) that carry a human map; they need images with maps and a classifier head. Neural and 3D-PC
+Saliency and adversarial alignment read the trial's probe-test images (``probe_test`` role:
+never trained on, and not the early-stopping images that chose the checkpoint, so a harmonized
+trial's λ·H selection does not leak into its alignment), labelled in the objective's own class
+space (the true-class logit is the ``y`` head's), that carry a human map; they need images with
+maps and a classifier head. Neural and 3D-PC
 stimuli are RGB files: each is read with ``bioscale.data.natural.load_image`` — converted to RGB,
 bilinearly resized to the rung's input side (``data.image.crop``), scaled to [0, 1], no further
 normalisation — exactly how natural-image training images are decoded; they apply to natural-image
@@ -31,6 +35,7 @@ from typing import Any
 
 from bioscale.errors import ConfigError
 from bioscale.eval.adversarial import AdversarialConfig
+from bioscale.eval.alignment import CLICKME_CEILING
 from bioscale.eval.neural import NeuralConfig
 from bioscale.eval.threedpc import ThreeDPCConfig
 
@@ -133,7 +138,8 @@ class AlignmentConfig:
     Attributes:
         saliency: importance-map alignment with the human maps (``align/*``).
         ceiling: the map dataset's human ceiling for ``align/score`` (ClickMe: 0.65753,
-            ``bioscale.eval.alignment.CLICKME_CEILING``); ``None``: only raw ρ.
+            ``bioscale.eval.alignment.CLICKME_CEILING``, measured on maps blurred as its release
+            blurs them: with other maps it is dropped, ``for_maps``); ``None``: only raw ρ.
         adversarial: adversarial alignment (``adv/*``); ``{}`` for the published settings, or
             fields of ``bioscale.eval.adversarial.AdversarialConfig`` (``max_images``, ...).
         neural: neural datasets to score (``neural/<dataset>/*``).
@@ -182,6 +188,22 @@ class AlignmentConfig:
             changes["threedpc"] = None
         kept = set(self.enabled()) - off
         return replace(self, **changes) if kept else None
+
+    def for_maps(self, *, release: bool) -> AlignmentConfig:
+        """This config as maps prepared so can be scored: ClickMe's human ceiling was measured on
+        maps blurred as its release blurs them (``data.maps.blur: release``), so with other maps
+        (``release`` false) it is dropped, with a warning, and trials log the raw ρ
+        (``align/spearman``) without ``align/score``. Other ceilings are the study's own."""
+        if release or self.ceiling != CLICKME_CEILING or not self.saliency:
+            return self
+        log.warning(
+            "alignment.ceiling %s is ClickMe's human ceiling, measured on maps blurred as the "
+            "ClickMe release blurs them; these maps are prepared otherwise (data.maps.blur is not "
+            "'release'), so align/score is not logged: trials log the raw Spearman rho "
+            "(align/spearman)",
+            self.ceiling,
+        )
+        return replace(self, ceiling=None)
 
     def resolved(self, base: str | Path) -> AlignmentConfig:
         """Paths made absolute against ``base`` (trial workers run in other directories)."""
@@ -253,8 +275,9 @@ def run_alignment(
     Args:
         net: ``bioscale.train.loop.Network`` (``backbone`` + ``heads``), unwrapped (not DDP).
         cfg: the trial's evaluations.
-        held_out: a fresh iterator of the held-out batches (``x``, ``y``, ``map``, ``has_map``)
-            each call; saliency and adversarial alignment read the images with a map.
+        held_out: a fresh iterator of the probe-test batches (``x``, ``y``, ``map``,
+            ``has_map``) each call — never the early-stopping images; saliency and adversarial
+            alignment read the images with a map.
         device: where the network is.
         image_size: the rung's input side; neural and 3D-PC stimuli are resized to it.
     """

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bioscale.errors import BioscaleError, ConfigError
+from bioscale.uri import redact_uri
 
 #: folder of ``<out>`` (and artifact folder of a run) that holds visualisations
 VIS_DIR = "visualize"
@@ -87,7 +88,7 @@ def find_trial(spec, out_dir: Path, run_id: str, manifest: Path):
     exp = tracker.client.get_experiment_by_name(spec.name)
     if exp is None:
         raise BioscaleError(
-            f"no MLflow experiment for study {spec.name!r} in {tracker.uri}: run the study first "
+            f"no MLflow experiment for study {spec.name!r} in {redact_uri(tracker.uri)}: run the study first "
             "(or give the --out it ran with)"
         )
     finished = tracker.finished_trial_keys(exp.experiment_id)  # {trial key: run id}
@@ -95,7 +96,7 @@ def find_trial(spec, out_dir: Path, run_id: str, manifest: Path):
     if run_id not in keys:
         known = ", ".join(sorted(keys)[:8]) + (" ..." if len(keys) > 8 else "")
         raise BioscaleError(
-            f"no FINISHED trial run {run_id} in study {spec.name!r} ({tracker.uri}); its "
+            f"no FINISHED trial run {run_id} in study {spec.name!r} ({redact_uri(tracker.uri)}); its "
             f"finished trial runs: {known or 'none'}"
         )
     trials = {t.key: t for t in plan(spec, manifest).trials}

@@ -8,7 +8,7 @@ built once in the driver from the trial's training rows, so every worker agrees 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     from torch import nn
 
     from bioscale.data.splits import SampleIndex
+
+#: How the loop applies weight decay wd to the decayed parameter group:
+#: ``coupled``: an L2 penalty wd·Σ½‖w‖² on the loss, so its gradient wd·w joins the loss gradient
+#: before the optimiser (Adam's moments see it), as the harmonizer release's loss did (SEEDS §2);
+#: ``decoupled``: AdamW's decay (Loshchilov & Hutter 2019), w ← w − lr·wd·w each step, outside the
+#: moments (Pheno-CA's AdamW, SEEDS §1). Adam divides the coupled gradient by the running gradient
+#: scale √v, so it shrinks a weight by ≈ lr·wd·w/√v per step against the decoupled lr·wd·w: with
+#: gradients of order 1e-4 the same wd is ~10⁴× stronger coupled.
+WeightDecayMode = Literal["coupled", "decoupled"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,9 +97,18 @@ class Objective:
         return f"{cls.name} cannot train the {family} rung {rung}; rungs that support it: {listed}"
 
     def weight_decay(self, default: float) -> float:
-        """The AdamW weight decay the loop applies (the study's unless the objective's method
+        """The weight decay the loop applies (the study's unless the objective's method
         prescribes its own); applied once, through the loop's parameter groups."""
         return default
+
+    def weight_decay_mode(self, default: WeightDecayMode) -> WeightDecayMode:
+        """How the loop applies ``weight_decay`` (the study's unless the method prescribes one)."""
+        return default
+
+    def selection_term(self) -> str:
+        """The validation loss term early stopping minimises (logged as ``val/loss``; the other
+        terms as ``val/<term>``): the total ``loss`` unless a term of it must not be rewarded."""
+        return "loss"
 
     def prepare_backbone(self, backbone: nn.Module) -> nn.Module:
         """Adapt a freshly built backbone to the objective's needs (default: unchanged)."""

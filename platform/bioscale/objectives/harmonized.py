@@ -1,9 +1,12 @@
 """The neural harmonizer (Fel et al. 2022, arXiv 2211.04533; SEEDS §2).
 
-loss = CE(label smoothing 0.1) + λ_h · H, λ_h = 1.0 by default. The published weight decay (1e-5,
-skipping norm, bias, embedding and class-token weights) is applied by the loop's optimiser
-parameter groups (``weight_decay()`` below), never a second time here. H aligns the model's
-saliency with human importance maps across a Gaussian pyramid:
+loss = CE(label smoothing 0.1) + 1e-5·Σ½‖w‖² + λ_h · H, λ_h = 1.0 by default. The weight-decay
+part (skipping norm, bias, embedding, patch-embedding and class-token weights) is applied by the
+loop's optimiser parameter groups (``weight_decay()``/``weight_decay_mode()`` below), never a
+second time here: ``coupled`` (default) is the release's L2 penalty on the loss, ``decoupled``
+AdamW's decay of the same coefficient (a much weaker regulariser under Adam,
+``bioscale.objectives.base.WeightDecayMode``). H aligns the model's saliency with human importance
+maps across a Gaussian pyramid:
 
 1. saliency s = ∂(true-class logit)/∂x, averaged (signed) over the input channels, from the
    training-mode forward pass, kept in the graph (``create_graph=True``: the loss trains through it);
@@ -26,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from bioscale.objectives.base import Objective
+from bioscale.objectives.base import Objective, WeightDecayMode
 from bioscale.objectives.registry import register
 
 PYRAMID_LEVELS = 5
@@ -115,10 +118,13 @@ class HarmonizedParams:
     lambda_h: float = 1.0
     align_reduction: Literal["mapped", "batch"] = "mapped"
     weight_decay: float = 1.0e-5
+    weight_decay_mode: WeightDecayMode = "coupled"  # the release's L2 penalty on the loss
 
     def __post_init__(self) -> None:
         if self.lambda_h < 0:
             raise ValueError("lambda_h must be >= 0")
+        if self.weight_decay < 0:
+            raise ValueError("weight_decay must be >= 0")
 
 
 @register
@@ -134,6 +140,9 @@ class Harmonized(Objective):
 
     def weight_decay(self, default: float) -> float:
         return self.params.weight_decay
+
+    def weight_decay_mode(self, default: WeightDecayMode) -> WeightDecayMode:
+        return self.params.weight_decay_mode
 
     def raw_labels(self, index) -> dict[str, np.ndarray]:
         return {"y": getattr(index, self.params.task)}

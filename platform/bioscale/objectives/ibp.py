@@ -10,6 +10,11 @@ head is trained on the *true* factor labels through a gradient-reversal layer (G
 the ``invariance`` term and its accuracy is logged as ``leakage_<factor>``. (The released code
 trained heads toward a uniform target instead, which is degenerate: a head outputs uniform by
 shrinking its weights and the backbone learns nothing; SEEDS §1.)
+
+Early stopping selects on the compound CE of the early-stopping wells (``selection_term``): the
+total ``ce + invariance`` would reward the epoch whose adversaries read the factors best (a low
+``invariance`` is leakage, since the backbone's objective is ``ce − λ·invariance``). The
+invariance terms and leakage of those wells are logged beside it as ``val/<term>``.
 """
 
 from __future__ import annotations
@@ -84,6 +89,9 @@ class IBP(Objective):
 
     def uses_controls(self) -> bool:
         return True
+
+    def selection_term(self) -> str:
+        return "ce"
 
     def raw_labels(self, index) -> dict[str, np.ndarray]:
         labels = {"y": index.perturbation_id}

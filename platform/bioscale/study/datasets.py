@@ -19,6 +19,7 @@ from bioscale.data.pipeline import (
     with_labels,
 )
 from bioscale.data.splits import SampleIndex
+from bioscale.eval.trial_alignment import MAP_EVALUATIONS
 from bioscale.study.plan import TrialData, study_dyes
 from bioscale.study.spec import StudySpec
 
@@ -26,12 +27,16 @@ from bioscale.study.spec import StudySpec
 def trial_datasets(
     spec: StudySpec, manifest: str, index: SampleIndex, data: TrialData, skips=None
 ) -> dict[str, Any]:
-    """``{"train": streamed or materialised, "val": materialised, "probe": materialised}``.
-    ``skips``: a ``SkipLedger`` actor that unreadable image sites are dropped into
-    (``data.image.bad_samples: skip``)."""
+    """``{"train": streamed or materialised, "val": materialised, "probe": materialised}``, and
+    for image studies whose ``alignment:`` reads human maps, ``"held_out"`` (materialised): the
+    probe-test images in the objective's label space. ``skips``: a ``SkipLedger`` actor that
+    unreadable image sites are dropped into (``data.image.bad_samples: skip``)."""
     res = spec.resources
     ids = index.sample_id
     sets = (("train", data.train), ("val", data.val), ("probe", data.probe))
+    maps_read = spec.alignment is not None and set(MAP_EVALUATIONS) & set(spec.alignment.enabled())
+    if data.held_out is not None and maps_read:  # saliency/adversarial alignment's images
+        sets += (("held_out", data.held_out),)
     if spec.data.kind == "profiles":
         # The training diet is read, selected and labelled by Ray Data tasks and held in the object
         # store (profiles are small), so the Train workers never wait on data tasks. The two small
@@ -63,6 +68,7 @@ def trial_datasets(
                 batch_size=image.decode_batch_size,
                 cpus_per_task=image.decode_cpus,
                 select_cpus=res.data_cpus_per_task,
+                maps=spec.data.maps,
             )
             datasets[name] = ds if training else ds.materialize()
     else:

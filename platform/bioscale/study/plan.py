@@ -15,6 +15,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bioscale.config import from_mapping, to_mapping
@@ -22,8 +24,8 @@ from bioscale.data import manifest as mf
 from bioscale.data import natural
 from bioscale.data.diets import Diet, select
 from bioscale.data.pipeline import manifest_has_maps
-from bioscale.data.splits import SampleIndex
-from bioscale.errors import ConfigError
+from bioscale.data.splits import ROLES_VERSION, SampleIndex
+from bioscale.errors import ConfigError, ManifestError
 from bioscale.eval.probe import ProbeConfig
 from bioscale.eval.trial_alignment import (
     MAP_EVALUATIONS,
@@ -37,6 +39,10 @@ from bioscale.study.spec import ObjectiveSpec, StudySpec
 from bioscale.train.loop import LoopConfig
 
 log = logging.getLogger(__name__)
+
+#: The optimiser's parameter groups: v2 leaves timm's patch-embedding weights out of weight decay
+#: (as the harmonizer release does), which changes what every ViT trial trains.
+DECAY_GROUPS_VERSION = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +98,9 @@ class TrialData:
     train: Targets
     val: Targets
     probe: Targets  # columns: role (ROLE_CODES), label (MoA index)
+    #: the probe-test rows in the objective's label space (``y``): what saliency and adversarial
+    #: alignment read, never the early-stopping rows; ``None`` without a classifier head
+    held_out: Targets | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,7 +214,9 @@ def trial_data(index: SampleIndex, point: GridPoint) -> tuple[TrialData, dict[st
     train = space.encode(index, selection.rows, raw)
     val_groups = objective.train_groups() | ({"control"} if point.diet.controls else set())
     val = space.encode(index, index.where(role="es_val", groups=frozenset(val_groups)), raw)
-    return TrialData(train=train, val=val, probe=probe_targets(index)), space.num_classes()
+    held_out = space.encode(index, index.where(role="probe_test"), raw) if "y" in raw else None
+    data = TrialData(train=train, val=val, probe=probe_targets(index), held_out=held_out)
+    return data, space.num_classes()
 
 
 @cache
@@ -258,6 +269,7 @@ def resolve(
     d_samples = len(data.train.rows)
     d_compounds = len(set(index.perturbation_id[data.train.rows]))
     max_epochs, max_samples = spec.train.budget.resolve(n_params, d_samples)
+    objective = objectives.build(point.objective.name, point.objective.params)
     loop = LoopConfig(
         rung=point.rung,
         input_shape=input_shape,
@@ -267,9 +279,8 @@ def resolve(
         max_epochs=max_epochs,
         max_samples=max_samples,
         lr=spec.train.lr.resolve(n_params),
-        weight_decay=objectives.build(point.objective.name, point.objective.params).weight_decay(
-            spec.train.weight_decay
-        ),
+        weight_decay=objective.weight_decay(spec.train.weight_decay),
+        weight_decay_mode=objective.weight_decay_mode(spec.train.weight_decay_mode),
         batch_size=spec.train.batch_size,
         seed=point.seed,
         early_stopping=spec.train.early_stopping,
@@ -288,16 +299,32 @@ def resolve(
         replace(loop, flops_per_sample=0.0, report_interval_s=0.0, probe=ProbeConfig())
     )
     del config["alignment"]  # below, as written (keys do not depend on where the study runs)
+    if config["weight_decay_mode"] == "decoupled":  # the only mode before coupled existed: the
+        del config["weight_decay_mode"]  # keys of trials trained with it stay valid
+    splits = asdict(spec.data.splits)
+    if not point.diet.controls:  # which control wells are kept for evaluation: not trained on
+        del splits["eval_controls"]
     identity = {
         "point": point.as_dict(),
         "config": config,
-        "splits": asdict(spec.data.splits),
+        "splits": splits,
         "manifest_sha": info.sha,
     }
+    # roles v2 (whole wells, evaluation controls; ``data.splits``) changed what a trial trains on
+    # only where wells hold several samples (image sites) or the diet trains on controls: other
+    # trials keep their v1 keys
+    if point.diet.controls or index.samples_per_well > 1:
+        identity["roles"] = ROLES_VERSION
+    if family == "vit":  # patch-embedding weights left out of weight decay since groups v2
+        identity["decay_groups"] = DECAY_GROUPS_VERSION
     if alignment is not None:  # nothing re-runs these after the fact: they are part of the trial
         identity["alignment"] = to_mapping(alignment)
     if spec.data.kind != "profiles":  # how pixels become tensors changes what a trial learns
         identity["image"] = asdict(spec.data.image)
+    if spec.data.kind == "natural":  # how human maps are blurred changes what a trial sees
+        identity["maps"] = asdict(spec.data.maps)
+    if spec.data.non_finite != "error":  # samples left out: another data set
+        identity["non_finite"] = spec.data.non_finite
     if spec.probe.selection != "last":  # a run's metrics are either last-layer or searched
         identity["probe_selection"] = to_mapping([spec.probe.selection, spec.probe.layers])
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -314,6 +341,8 @@ def resolve(
         "seed": point.seed,
         "epochs": max_epochs,
         "lr": loop.lr,
+        "weight_decay": loop.weight_decay,
+        "weight_decay_mode": loop.weight_decay_mode,
         "batch_size": loop.batch_size,
         "manifest_sha": info.sha,
         "git_sha": sha_of_code,
@@ -394,12 +423,46 @@ def inspect_manifest(spec: StudySpec, manifest_path: str | Path) -> mf.ManifestI
 
 
 def load_index(spec: StudySpec, manifest_path: str | Path) -> SampleIndex:
-    """The manifest's metadata and fixed roles (the same in the driver and every trial)."""
+    """The manifest's metadata and fixed roles (the same in the driver and every trial).
+
+    With ``data.non_finite: drop``, profiles holding NaN/±Inf features are left out before roles
+    are assigned, as if they were not in the manifest (``check_finite`` refuses them otherwise).
+    """
     if spec.data.kind == "natural":
         table = natural.metadata_table(manifest_path)
     else:
         table = mf.read_metadata(manifest_path)
+    if table.num_rows == 0:
+        raise ManifestError(
+            f"manifest {manifest_path} has no rows; import or generate samples into it first"
+        )
+    if spec.data.kind == "profiles" and spec.data.non_finite == "drop":
+        bad = mf.non_finite_features(manifest_path)
+        if bad:
+            keep = ~np.isin(
+                np.asarray(table.column("sample_id").to_pylist(), dtype=object), list(bad)
+            )
+            table = table.filter(pa.array(keep))
     return SampleIndex.from_table(table, spec.data.splits)
+
+
+def check_finite(spec: StudySpec, manifest_path: str | Path) -> None:
+    """Profiles with NaN/±Inf features are refused before any compute, naming the samples and
+    features (``data.non_finite: drop`` leaves them out instead, ``load_index``)."""
+    if spec.data.kind != "profiles":
+        return
+    bad = mf.non_finite_features(manifest_path)
+    if not bad:
+        return
+    if spec.data.non_finite == "drop":
+        log.warning("data.non_finite: drop: %d sample(s) with NaN/Inf features left out", len(bad))
+        return
+    shown = "; ".join(f"{sid}: {what}" for sid, what in list(bad.items())[:5])
+    raise ManifestError(
+        f"manifest {manifest_path}: {len(bad)} sample(s) hold NaN or infinite features ({shown}"
+        f"{'; ...' if len(bad) > 5 else ''}). Fix or impute them upstream, or set "
+        "data.non_finite: drop in the study to leave those samples out."
+    )
 
 
 def trial_precision(spec: StudySpec) -> str:
@@ -426,9 +489,10 @@ def _check_probe_sets(index: SampleIndex, spec: StudySpec) -> None:
         if len(index.where(role=role)) == 0:
             raise ConfigError(
                 f"data.splits: the fixed probe set '{role}' is empty for this manifest "
-                f"(splits {asdict(spec.data.splits)}; seen compounds keep at least one sample for "
-                "training, and novel compounds must exist). Lower the per-compound counts in "
-                "data.splits or use a manifest with more replicates / novel compounds."
+                f"(splits {asdict(spec.data.splits)}: wells per seen compound; each keeps at "
+                "least one well for training, and novel compounds must exist). Lower the "
+                "per-compound counts in data.splits or use a manifest with more replicate wells / "
+                "novel compounds."
             )
 
 
@@ -483,6 +547,7 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
     """Resolve every grid point of ``spec`` against the manifest."""
     info = inspect_manifest(spec, manifest_path)
     input_shape = sample_shape(spec, info, manifest_path)
+    check_finite(spec, manifest_path)
     index = load_index(spec, manifest_path)
     _check_probe_sets(index, spec)
     check_eval_data(spec, index)

@@ -20,10 +20,12 @@ from bioscale.config import to_mapping
 from bioscale.errors import BioscaleError, ConfigError, TrackingError
 from bioscale.eval.layer_search import CURVES_ARTIFACT
 from bioscale.names import NODE_IDS
+from bioscale.study.lock import OutputLock, StudyLease
 from bioscale.study.plan import StudyPlan, plan
 from bioscale.study.spec import StudySpec
 from bioscale.study.spool import TrialWriter, replay_spool, spool_path
 from bioscale.study.tracking import Tracker, default_uri
+from bioscale.uri import redact_uri
 
 Progress = Callable[[str], None]
 #: Ray Train's controller polls workers every 2 s by default and a worker's report waits for the
@@ -53,6 +55,31 @@ class StudyRun:
     finished: int
     failed: int
     seconds: float
+
+
+class StudyInterrupted(BioscaleError):
+    """The study was stopped (Ctrl-C) before every trial ended: nothing about it is complete."""
+
+    exit_code = 130
+
+    def __init__(
+        self, *, finished: list[str], stopped: list[str], not_started: int, already_done: int
+    ) -> None:
+        self.finished = finished
+        self.stopped = stopped
+        lines = [
+            f"study interrupted: {len(finished)} trial(s) ended in this run"
+            + (f" ({already_done} more before it)" if already_done else "")
+            + f", {len(stopped)} stopped and marked KILLED in MLflow, {not_started} not started; "
+            "the study run is KILLED and no report was written."
+        ]
+        lines += [f"  {d}" for d in finished]
+        lines += [f"  stopped:  {d}" for d in stopped]
+        lines.append(
+            "`bioscale study resume` with the same study and --out continues the stopped trials "
+            "from their last checkpoints and skips the finished ones."
+        )
+        super().__init__("\n".join(lines))
 
 
 def ensure_manifest(spec: StudySpec, out_dir: Path, progress: Progress = _print) -> Path:
@@ -122,6 +149,9 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> None:
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if address:
+        from bioscale.study.capacity import check_ray_address
+
+        check_ray_address(address)
         ray.init(address=address, log_to_driver=verbose)
         return
     # Logical CPUs above the physical count: trial drivers and data tasks are light (PLATFORM_NOTES).
@@ -230,6 +260,35 @@ def _skipped(entries: dict[str, str], n_train: int, spec: StudySpec) -> dict[str
 TEXT_ARTIFACTS = (CURVES_ARTIFACT, SKIPPED_ARTIFACT)
 
 
+def _failure_reason(trial) -> str | None:
+    """The last ``SomeError: message`` line of a failed trial's error log (a bioscale error's
+    message names what went wrong), or ``None`` when there is no log to read."""
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # the log is a convenience: the trial's failure is reported regardless
+        return None
+    for line in reversed(str(text).strip().splitlines()):
+        name, sep, message = line.strip().partition(": ")
+        if sep and name.rsplit(".", 1)[-1].endswith(("Error", "Exception")):
+            return f"{name.rsplit('.', 1)[-1]}: {message}"[:500]
+    return None
+
+
+def probe_summary(kind: str, metrics: dict[str, Any]) -> str:
+    """The one probe number a trial's console line shows, worded for the data kind: MoA top-1
+    (novel compounds when there are any) for screens, class top-1 on held-out images for
+    natural images."""
+    natural = kind == "natural"
+    for split, words in (
+        ("novel_compounds", "novel classes" if natural else "novel compounds"),
+        ("seen_compounds", "held-out images" if natural else "held-out wells of seen compounds"),
+    ):
+        value = metrics.get(f"probe/moa/{split}/top1")
+        if value is not None:
+            return f"{'class' if natural else 'MoA'} top-1 on {words} {value:.3f}"
+    return "no class probe" if natural else "no MoA probe"
+
+
 def _make_callback(
     writer: TrialWriter, total: int, progress: Progress, earlier_runs: dict[str, str]
 ):
@@ -245,6 +304,22 @@ def _make_callback(
             self.last: dict[str, dict[str, Any]] = {}
             self.finished = 0
             self.failed = 0
+            #: trial key → "finished: …" / "failed: …" for the trials that ended in this run
+            self.done: dict[str, str] = {}
+            # Epochs reach MLflow once a checkpoint covers them: a trial that crashes or is
+            # interrupted resumes from its last checkpoint and trains the later epochs again, and
+            # MLflow cannot take back a logged value. trial key → {epoch: metrics}
+            self.unsaved: dict[str, dict[int, dict[str, Any]]] = {}
+            self.logged_epochs: dict[str, int] = {}  # trial key → last epoch already in MLflow
+
+        def _flush(self, key: str) -> None:
+            """Log the trial's epochs a checkpoint now covers, each once."""
+            epochs = self.unsaved.pop(key, {})
+            last = self.logged_epochs.get(key, 0)
+            for epoch, metrics in sorted(epochs.items()):
+                if epoch > last:
+                    writer.metrics(key, metrics, step=epoch)
+            self.logged_epochs[key] = max([last, *epochs])
 
         def _key(self, trial) -> str:
             return trial.config["trial"]["key"]
@@ -255,6 +330,10 @@ def _make_callback(
             if key not in self.opened:
                 writer.start(key, payload["name"], payload["params"], self.earlier.get(key))
                 self.opened.add(key)
+                if key in self.earlier:  # what the interrupted attempt had logged
+                    self.logged_epochs[key] = writer.tracker.last_step(
+                        self.earlier[key], "train/loss"
+                    )
             again = " (continuing its earlier run)" if key in self.earlier else ""
             progress(
                 f"  ▶ trial {payload['position'] + 1}/{total} started{again}: {payload['describe']}"
@@ -262,8 +341,11 @@ def _make_callback(
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = self._key(trial)
+            unsaved = self.unsaved.setdefault(key, {})
             for epoch in result.get("history", ()):
-                writer.metrics(key, epoch, step=int(epoch["epoch"]))
+                unsaved[int(epoch["epoch"])] = epoch  # a retried epoch replaces its first try
+            if result.get("checkpointed"):
+                self._flush(key)
             if "history" not in result:
                 step = int(result.get("train/epochs") or result.get("epoch") or 0)
                 writer.metrics(key, result, step=step)
@@ -278,6 +360,7 @@ def _make_callback(
             if "trial_complete" not in last or "final" not in last:
                 self.on_trial_error(iteration, trials, trial)
                 return
+            self._flush(key)
             overhead = last.get("perf/trial_seconds", 0.0) - last.get("compute/seconds", 0.0)
             writer.metrics(
                 key, {"perf/overhead_seconds": overhead}, step=int(last.get("train/epochs", 0))
@@ -287,15 +370,8 @@ def _make_callback(
                     writer.text(key, name, last[name])
             writer.finish(key, "FINISHED")
             self.finished += 1
-            split = next(
-                (s for s in ("novel_compounds", "seen_compounds") if f"probe/moa/{s}/top1" in last),
-                None,
-            )
-            probe = (
-                f"MoA top-1 on {split.replace('_', ' ')} {last[f'probe/moa/{split}/top1']:.3f}"
-                if split
-                else "no MoA probe"
-            )
+            self.done[key] = f"finished: {payload['describe']}"
+            probe = probe_summary(payload["study"]["data"].get("kind", "profiles"), last)
             progress(
                 f"  ✓ trial {payload['position'] + 1}/{total} finished in "
                 f"{last.get('perf/trial_seconds', 0.0):.1f} s "
@@ -308,11 +384,15 @@ def _make_callback(
             payload = trial.config["trial"]
             if key in self.opened:
                 writer.finish(key, "FAILED")
+            self.unsaved.pop(key, None)  # trained again from the last checkpoint on resume
             self.failed += 1
+            self.done[key] = f"failed:   {payload['describe']}"
             where = getattr(trial, "error_file", None) or getattr(trial, "path", "")
+            reason = _failure_reason(trial)
             progress(
-                f"  ✗ trial {payload['position'] + 1}/{total} FAILED: {payload['describe']} "
-                f"(error log: {where})"
+                f"  ✗ trial {payload['position'] + 1}/{total} FAILED: {payload['describe']}"
+                + (f": {reason}" if reason else "")
+                + f" (error log: {where})"
             )
 
     return StudyCallback()
@@ -339,22 +419,108 @@ def run_study(
     """
     t_start = time.perf_counter()
     out = Path(out_dir).resolve()
+    check_locations(spec, out)
+    if address:  # an unreachable cluster is said before any planning or MLflow work
+        from bioscale.study.capacity import check_ray_address
+
+        check_ray_address(address)
+    # one driver per output folder, taken before MLflow's SQLite store is even opened
+    with OutputLock(out) as lock:
+        if lock.took_over is not None:
+            progress(
+                f"note: the earlier driver of {out} ({lock.took_over.describe()}) is gone; "
+                "continuing its study"
+            )
+        return _run_locked(
+            spec,
+            out,
+            t_start,
+            address=address,
+            num_cpus=num_cpus,
+            verbose=verbose,
+            progress=progress,
+            resume=resume,
+            proceed=proceed,
+        )
+
+
+def _run_locked(
+    spec: StudySpec,
+    out: Path,
+    t_start: float,
+    *,
+    address: str | None,
+    num_cpus: int | None,
+    verbose: bool,
+    progress: Progress,
+    resume: bool,
+    proceed: bool,
+) -> StudyRun:
     uri = tracking_uri(spec, out)
     tracker = Tracker(
         uri, artifact_root=out / "mlartifacts", retry_seconds=spec.tracking.retry_seconds
     )
-    check_locations(spec, out)
     if resume:
         exp = tracker.client.get_experiment_by_name(spec.name)
         if exp is None or not tracker.runs(exp.experiment_id, "study"):
             raise BioscaleError(
-                f"nothing to resume: study {spec.name!r} has no run in {uri}. Start it with "
+                f"nothing to resume: study {spec.name!r} has no run in {redact_uri(uri)}. Start it with "
                 "`bioscale study run` (check --out and the tracking URI if it did run)."
             )
     manifest = ensure_manifest(spec, out, progress)
     study_plan: StudyPlan = plan(spec, manifest)
     experiment_id = tracker.experiment(spec.name)
     parent_id = tracker.study_run(experiment_id, spec.name, spec.sha())
+    # a store outside the output folder (a server, a shared SQLite file) may be driven from
+    # another output folder too: the study run's lease says who holds it
+    shared = uri != default_uri(out)
+    lease = StudyLease(tracker.client, parent_id) if shared else None
+    if lease is not None:
+        lease.acquire()
+        if lease.took_over is not None:
+            progress(
+                f"note: took over study {spec.name!r} from a driver that stopped renewing its "
+                f"lease ({lease.took_over.describe()})"
+            )
+    try:
+        return _run_study_run(
+            spec,
+            out,
+            t_start,
+            study_plan,
+            tracker,
+            experiment_id,
+            parent_id,
+            address=address,
+            num_cpus=num_cpus,
+            verbose=verbose,
+            progress=progress,
+            proceed=proceed,
+        )
+    except (StudyInterrupted, KeyboardInterrupt):
+        tracker.finish(parent_id, "KILLED")
+        raise
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _run_study_run(
+    spec: StudySpec,
+    out: Path,
+    t_start: float,
+    study_plan: StudyPlan,
+    tracker: Tracker,
+    experiment_id: str,
+    parent_id: str,
+    *,
+    address: str | None,
+    num_cpus: int | None,
+    verbose: bool,
+    progress: Progress,
+    proceed: bool,
+) -> StudyRun:
+    uri = tracker.uri
     replay_spool(tracker, out, experiment_id, parent_id, progress)
     done = tracker.finished_trial_keys(experiment_id)
     pending = [t for t in study_plan.trials if t.key not in done]
@@ -366,7 +532,7 @@ def run_study(
     skipped = len(study_plan.trials) - len(pending)
     progress(
         f"study {spec.name!r}: {len(study_plan.trials)} trials planned, {skipped} already "
-        f"finished in MLflow ({uri}), {len(pending)} to run"
+        f"finished in MLflow ({redact_uri(uri)}), {len(pending)} to run"
         + (f" ({len(earlier)} continuing an interrupted run)" if earlier else "")
     )
     finished = failed = 0
@@ -482,21 +648,37 @@ def _tune(
     # Tune's end-of-run analysis looks for the JSON/CSV results its loggers would have written
     # and warns once per trial that they are missing; MLflow holds them, so that warning is noise
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # on Ctrl-C Tune suggests `Tuner.restore(...)`; bioscale's own message names `study resume`
+    if not verbose:
+        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     try:
         tuner.fit()
     finally:  # finished, failed or interrupted: what MLflow has not taken yet is kept
         sys.stdout.flush()
+        # Tune ends its run on Ctrl-C (SIGINT) and returns as if done: trials that reached
+        # neither FINISHED nor FAILED were stopped, and their runs say so
+        stopped = [p for p in payloads if p["key"] not in callback.done]
+        for p in stopped:
+            if p["key"] in callback.opened:
+                writer.finish(p["key"], "KILLED")
         spooled = writer.close(spool_path(out), wait_s=spec.tracking.retry_seconds)
         if spooled:
             progress(
-                f"MLflow ({tracker.uri}) did not take {spooled} write(s); they are saved in "
+                f"MLflow ({redact_uri(tracker.uri)}) did not take {spooled} write(s); they are saved in "
                 f"{spool_path(out)} and written by the next `bioscale study resume`"
             )
     if spooled:
         raise TrackingError(
-            f"MLflow ({tracker.uri}) was unreachable at the end of the study: {spooled} "
+            f"MLflow ({redact_uri(tracker.uri)}) was unreachable at the end of the study: {spooled} "
             f"write(s) are saved in {spool_path(out)}. Once the server is back, `bioscale study "
             "resume` writes them to their trials' runs and continues any unfinished trial."
+        )
+    if stopped:
+        raise StudyInterrupted(
+            finished=[callback.done[k] for k in callback.done],
+            stopped=[p["describe"] for p in stopped if p["key"] in callback.opened],
+            not_started=sum(p["key"] not in callback.opened for p in stopped),
+            already_done=len(study_plan.trials) - len(pending),
         )
     return callback.finished, callback.failed
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,11 +17,13 @@ import yaml
 
 from bioscale.config import from_mapping, to_mapping
 from bioscale.data.diets import Diet
+from bioscale.data.natural import MapConfig
 from bioscale.data.splits import SplitConfig
 from bioscale.data.synth import SynthProfilesConfig
 from bioscale.errors import ConfigError
 from bioscale.eval.probe import ProbeConfig
 from bioscale.eval.trial_alignment import AlignmentConfig
+from bioscale.objectives.base import WeightDecayMode
 from bioscale.train.rules import Budget, EarlyStopping, LRRule
 from bioscale.train.runtime import DdpConfig, FeedConfig, WorkerRuntime
 
@@ -39,6 +42,11 @@ EVAL_TASKS = (
 EvalTaskName = Literal[
     "moa", "target", "leakage", "replicate_retrieval", "moa_retrieval", "rediscovery", "genetic"
 ]
+
+
+#: A study name: the MLflow experiment, the Ray Tune run and output folders are named after it,
+#: and MLflow search filters quote it, so it holds no quote, slash, space or control character.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +106,12 @@ class DataSpec:
     synthetic: SynthProfilesConfig | None = None
     splits: SplitConfig = field(default_factory=SplitConfig)
     image: ImageSpec = field(default_factory=ImageSpec)
+    #: how natural images' human maps are blurred (``bioscale.data.natural.MapConfig``; default
+    #: ``release``, the ClickMe release's exact preprocessing); part of the trial key
+    maps: MapConfig = field(default_factory=MapConfig)
+    #: profiles holding NaN/±Inf features: ``error`` refuses the manifest at plan time, naming
+    #: them; ``drop`` leaves those samples out of every role (part of the trial key).
+    non_finite: Literal["error", "drop"] = "error"
 
     def __post_init__(self) -> None:
         if (self.manifest is None) == (self.synthetic is None):
@@ -109,6 +123,11 @@ class DataSpec:
             raise ConfigError(
                 "data.synthetic generates profiles; for images run `bioscale data synth images` "
                 "and point data.manifest at its manifest"
+            )
+        if self.maps != MapConfig() and self.kind != "natural":
+            raise ConfigError(
+                f"data.maps sets how natural images' human maps are blurred (data.kind natural); "
+                f"data.kind {self.kind!r} does not read it: remove data.maps"
             )
 
 
@@ -137,6 +156,9 @@ class TrainSpec:
     batch_size: int = 256
     lr: LRRule = field(default_factory=LRRule)
     weight_decay: float = 1.0e-6
+    # coupled: an L2 penalty on the loss; decoupled: AdamW's (Pheno-CA); objectives may prescribe
+    # their own (harmonized: coupled 1e-5, as published)
+    weight_decay_mode: WeightDecayMode = "decoupled"
     early_stopping: EarlyStopping | None = None
     checkpoint_every: int = 5
     # bf16 autocast: auto = on where the workers' device computes bf16 natively (GPUs; CPUs with
@@ -152,6 +174,13 @@ class TrainSpec:
     def __post_init__(self) -> None:
         if self.batch_size < 2:
             raise ConfigError("train.batch_size must be >= 2 (BatchNorm needs two samples)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"train.checkpoint_every must be >= 0 (0: only at the end), got "
+                f"{self.checkpoint_every!r}"
+            )
 
     def worker_runtime(self) -> WorkerRuntime:
         """What ``bioscale.train.ray_worker.train_worker`` takes as ``runtime``."""
@@ -234,14 +263,19 @@ class StudySpec:
     storage: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in "/\\"):
-            raise ConfigError(f"name: {self.name!r} must be non-empty and contain no slashes")
+        if not STUDY_NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"name: {self.name!r} is not a study name: use letters, digits and . _ - + = "
+                "(it names the MLflow experiment, the Ray run and folders; quotes, slashes and "
+                "spaces are not allowed)"
+            )
         if not self.grids:
             raise ConfigError("grids: a study needs at least one grid")
         _validate_names(self)
         _resolve_eval(self)
         _check_probe_layers(self)
         _check_alignment_kind(self)
+        _ceiling_for_maps(self)
         allowed = {"rung", "diet", "objective", "seed"}
         for i, rule in enumerate(self.exclude):
             bad = set(rule) - allowed
@@ -319,6 +353,15 @@ def _resolve_eval(spec: StudySpec) -> None:
             f"(eval gives {list(tasks)}, probe.tasks {list(spec.probe.tasks)})"
         )
     object.__setattr__(spec, "probe", replace(spec.probe, tasks=tasks))
+
+
+def _ceiling_for_maps(spec: StudySpec) -> None:
+    """ClickMe's human ceiling holds only for natural-image maps blurred as the ClickMe release
+    blurs them (``data.maps.blur: release``); otherwise trials log the raw ρ and no
+    ``align/score`` (``AlignmentConfig.for_maps`` warns)."""
+    if spec.alignment is not None:
+        release = spec.data.kind == "natural" and spec.data.maps.blur == "release"
+        object.__setattr__(spec, "alignment", spec.alignment.for_maps(release=release))
 
 
 def _check_alignment_kind(spec: StudySpec) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from bioscale.errors import TrackingError
 from bioscale.study.tracking import is_metric
+from bioscale.uri import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class TrialWriter:
             self._thread.join(timeout=1.0)
             if self._thread.is_alive() and self._outage_since is not None and not said:
                 self.progress(
-                    f"waiting up to {wait_s:.0f} s for MLflow ({self.tracker.uri}) to take "
+                    f"waiting up to {wait_s:.0f} s for MLflow ({redact_uri(self.tracker.uri)}) to take "
                     f"{self.backlog} queued write(s)"
                 )
                 said = True
@@ -176,7 +177,7 @@ class TrialWriter:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 self.progress(
-                    f"warning: MLflow ({self.tracker.uri}) is not taking writes ({err}); trials "
+                    f"warning: MLflow ({redact_uri(self.tracker.uri)}) is not taking writes ({err}); trials "
                     "keep running and their metrics are queued until it is back"
                 )
             return False
@@ -187,7 +188,7 @@ class TrialWriter:
             )
         if self._outage_since is not None:
             self.progress(
-                f"MLflow ({self.tracker.uri}) is back after "
+                f"MLflow ({redact_uri(self.tracker.uri)}) is back after "
                 f"{time.monotonic() - self._outage_since:.0f} s; writing the queued metrics"
             )
             self._outage_since = None

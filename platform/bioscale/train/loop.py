@@ -1,11 +1,13 @@
 """The per-worker training loop: plain torch, written against ``TrainContext``.
 
-It owns the optimisation (AdamW, weight decay once via parameter groups, the budget, early
-stopping on the validation subset of training wells, checkpoint and resume); the objective only
-returns named loss terms. After training it restores the best weights, embeds the fixed probe
-sets with the frozen backbone and fits the probes, then runs the study's biological-alignment
-evaluations (``bioscale.eval.trial_alignment``). Every rank reports the same number of times; only
-rank 0's metrics carry content.
+It owns the optimisation (AdamW, weight decay once via parameter groups, coupled or decoupled;
+the budget; early stopping on the objective's selection term over the validation subset of
+training wells; checkpoint and resume); the objective only returns named loss terms. A non-finite
+training loss fails the trial at once (``TrainingError`` naming the epoch, step and terms). After
+training it restores the best weights, embeds the fixed probe sets with the frozen backbone and
+fits the probes, then runs the study's biological-alignment evaluations
+(``bioscale.eval.trial_alignment``). Every rank reports the same number of times; only rank 0's
+metrics carry content.
 
 The step itself (network, AdamW groups, autocast, backward) is ``bioscale.train.step``. Loss terms
 stay on the device until an epoch ends, so a GPU never waits on the host between steps. On a GPU
@@ -28,15 +30,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from bioscale.errors import TrainingError
 from bioscale.eval.layer_search import CURVES_ARTIFACT, layer_curves, layers_of
 from bioscale.eval.probe import ProbeConfig
 from bioscale.eval.tasks import evaluate as evaluate_probe_rows
 from bioscale.eval.trial_alignment import AlignmentConfig, run_alignment
 from bioscale.hardware import device_peak_flops, mfu
+from bioscale.objectives.base import WeightDecayMode
 from bioscale.train.context import TrainContext
 from bioscale.train.precision import Precision, StepNumerics, prepare_layout, resolve_precision
 from bioscale.train.rules import EarlyStopping
 from bioscale.train.step import (
+    FiniteLossGuard,
     Network,
     configure_backends,
     make_optimizer,
@@ -64,6 +69,7 @@ class LoopConfig:
     max_samples: int | None = None
     lr: float
     weight_decay: float
+    weight_decay_mode: WeightDecayMode = "decoupled"
     batch_size: int
     seed: int
     early_stopping: EarlyStopping | None = None
@@ -89,17 +95,32 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _val_loss(model: nn.Module, objective: Any, ctx: TrainContext) -> float | None:
+def _val_terms(model: nn.Module, objective: Any, ctx: TrainContext) -> dict[str, float] | None:
+    """Every loss term's sample-weighted mean over the early-stopping wells (``None``: no wells)."""
     model.eval()
-    total, count = 0.0, 0
+    sums: dict[str, torch.Tensor] = {}  # term → Σ term × batch size, on the device
+    count = 0
     # objectives whose loss differentiates the input (the harmonizer's saliency) need autograd on
     with torch.enable_grad() if objective.needs_maps else torch.no_grad():
         for batch in ctx.eval_batches("val"):
             batch = _to(batch, ctx.device)
             n = len(batch["x"])
-            total += float(objective.loss_terms(model, batch)["loss"].detach()) * n
+            for name, value in objective.loss_terms(model, batch).items():
+                weighted = value.detach().float() * n
+                sums[name] = sums[name] + weighted if name in sums else weighted
             count += n
-    return total / count if count else None
+    return {k: float(v) / count for k, v in sums.items()} if count else None
+
+
+def _selection_value(objective: Any, terms: dict[str, float]) -> float:
+    """The validation term early stopping minimises (``Objective.selection_term``)."""
+    name = objective.selection_term()
+    if name not in terms:
+        raise TrainingError(
+            f"objective {objective.name!r} selects on the validation term {name!r}, but its loss "
+            f"terms are {', '.join(sorted(terms))}: make selection_term() name one of them"
+        )
+    return terms[name]
 
 
 @torch.no_grad()
@@ -153,7 +174,14 @@ def run(
     model = ctx.prepare_model(net)
     if cfg.compile:
         model = torch.compile(model)
-    optimizer = make_optimizer(net, lr=cfg.lr, weight_decay=cfg.weight_decay, device=ctx.device)
+    optimizer = make_optimizer(
+        net,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        weight_decay_mode=cfg.weight_decay_mode,
+        device=ctx.device,
+    )
+    guard = FiniteLossGuard(ctx.device)
     peak_flops = device_peak_flops(ctx.device)  # None on CPUs and unknown GPUs: no perf/mfu
 
     state = {
@@ -164,6 +192,9 @@ def run(
         "bad_epochs": 0,
         "step_seconds": 0.0,
         "loop_seconds": 0.0,
+        # every epoch's metrics so far: a resumed trial reports the epochs its checkpoint covers
+        # again, so the driver can log any it had not logged yet (it logs each epoch once)
+        "epoch_log": [],
     }
     best_weights: dict[str, torch.Tensor] | None = None
     resumed = ctx.latest_checkpoint()
@@ -178,7 +209,7 @@ def run(
 
     es = cfg.early_stopping
     stop = False
-    history: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = list(state["epoch_log"])
     last_report = time.monotonic()
     while state["epoch"] < cfg.max_epochs and not stop:
         epoch = state["epoch"]
@@ -187,6 +218,7 @@ def run(
         n_local = 0
         t_epoch = time.perf_counter()
         step_s = 0.0
+        step = 0
         for batch in ctx.train_batches(epoch):
             if len(batch["x"]) < 2:  # BatchNorm cannot train on one sample; shards are equal-sized
                 continue
@@ -195,6 +227,8 @@ def run(
             t0 = time.perf_counter()
             terms = train_step(model, objective, optimizer, batch, numerics)
             step_s += time.perf_counter() - t0
+            step += 1
+            guard.check(epoch + 1, step, terms)
             n = len(batch["x"])
             n_local += n
             for name, value in terms.items():
@@ -206,7 +240,8 @@ def run(
             ):
                 stop = True
                 break
-        term_sums = {k: float(v) for k, v in sums.items()}  # waits for the device's last step
+        guard.flush()  # the epoch's last step
+        term_sums = {k: float(v) for k, v in sums.items()}
         epoch_s = time.perf_counter() - t_epoch
         state["samples_seen"] += n_local * ctx.world_size
         state["step_seconds"] += step_s
@@ -221,9 +256,12 @@ def run(
         if epoch_mfu is not None:
             metrics["perf/mfu"] = epoch_mfu
         metrics["epoch"] = epoch + 1
-        val = _val_loss(model, objective, ctx)
+        val_terms = _val_terms(model, objective, ctx)
+        val = None if val_terms is None else _selection_value(objective, val_terms)
         if val is not None:
+            # val/loss: the selection term's value; every other term beside it as val/<term>
             metrics["val/loss"] = val
+            metrics |= {f"val/{k}": v for k, v in val_terms.items() if k != "loss"}
             if val < state["best_val"] - (es.min_delta if es else 0.0):
                 state.update(best_val=val, best_epoch=epoch + 1, bad_epochs=0)
                 best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -241,6 +279,7 @@ def run(
         # Epoch metrics go out in batches ("history"): a Ray Train report costs up to one controller
         # poll, so reporting every epoch of a fast trial would dominate its wall time.
         history.append(metrics)
+        state["epoch_log"].append(metrics)
         finishing = stop or state["epoch"] >= cfg.max_epochs
         checkpoint_due = bool(cfg.checkpoint_every) and state["epoch"] % cfg.checkpoint_every == 0
         if finishing or checkpoint_due or time.monotonic() - last_report >= cfg.report_interval_s:
@@ -286,11 +325,11 @@ def run(
         final["val/best_loss"] = (
             state["best_val"] if math.isfinite(state["best_val"]) else float("nan")
         )
-        if cfg.alignment is not None:  # saliency/adversarial read the held-out ``val`` images
+        if cfg.alignment is not None:  # saliency/adversarial read the probe-test images
             final |= run_alignment(
                 net,
                 cfg.alignment,
-                held_out=lambda: ctx.eval_batches("val"),
+                held_out=lambda: ctx.eval_batches("held_out"),
                 device=ctx.device,
                 image_size=cfg.input_shape[-1],
             )
@@ -319,4 +358,5 @@ def _report_with_checkpoint(
             },
             Path(tmp) / "state.pt",
         )
-        ctx.report(metrics, checkpoint_dir=tmp)
+        # "checkpointed": the driver logs epochs to MLflow once a checkpoint covers them
+        ctx.report({**metrics, "checkpointed": 1.0}, checkpoint_dir=tmp)
