@@ -245,7 +245,7 @@ def test_map_blur_is_a_natural_data_setting_and_part_of_the_trial_key(data):
         "data": {"kind": "cellpainting", "manifest": "cp.parquet", "maps": {"blur": "none"}},
         "grids": [{"rung": ["resnet:debug"], "diet": [{"replicates": 1.0}], "objective": ["ibp"]}],
     }
-    with pytest.raises(ConfigError, match=r"data\.kind 'cellpainting' does not read it"):
+    with pytest.raises(ConfigError, match=r"data\.maps does not apply to data\.kind 'cellpainting'"):
         StudySpec.from_dict(cellpainting)
 
 

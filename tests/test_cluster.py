@@ -554,8 +554,8 @@ def _one_finished_run_per_key_with_every_epoch(tracker, name: str, n_trials: int
 def test_ctrl_c_mid_trial_ends_killed_with_exit_130_and_resume_finishes(cluster):
     study = tiny_study(
         "cluster-ctrl-c",
-        [0.5, 1.0],
-        train={"budget": {"epochs": 40}, "checkpoint_every": 3},
+        [1.0],
+        train={"budget": {"epochs": 30}, "checkpoint_every": 3},
         resources={"max_concurrent_trials": 1},
         tracking={"uri": cluster.mlflow_url},
     )
@@ -579,14 +579,14 @@ def test_ctrl_c_mid_trial_ends_killed_with_exit_130_and_resume_finishes(cluster)
         log = _finish(resumed, 300)
     assert resumed.returncode == 0, log[-4000:]
     assert _study_status(tracker, study["name"]) == "FINISHED"
-    _one_finished_run_per_key_with_every_epoch(tracker, study["name"], 2, 40)
+    _one_finished_run_per_key_with_every_epoch(tracker, study["name"], 1, 30)
 
 
 @pytest.mark.timeout(420)
 def test_a_second_driver_is_refused_and_a_dead_ones_study_is_taken_over(cluster):
     study = tiny_study(
         "cluster-two-drivers",
-        [0.5, 1.0],
+        [1.0],
         train={"budget": {"epochs": 30}, "checkpoint_every": 3},
         resources={"max_concurrent_trials": 1},
         tracking={"uri": cluster.mlflow_url},
@@ -627,7 +627,7 @@ def test_a_second_driver_is_refused_and_a_dead_ones_study_is_taken_over(cluster)
         log = _finish(resumed, 300)
     assert resumed.returncode == 0, log[-4000:]
     assert "took over study" in log  # its lease named a process that is gone
-    _one_finished_run_per_key_with_every_epoch(tracker, study["name"], 2, 30)
+    _one_finished_run_per_key_with_every_epoch(tracker, study["name"], 1, 30)
 
 
 class _Proxy:

@@ -1,0 +1,212 @@
+"""Data kinds: what one sample is, and everything that depends on it, one module per kind.
+
+A kind (``profiles``: a well's feature vector; ``cellpainting``: an image site, one channel per
+dye; ``natural``: an RGB image with an optional human importance map) owns how a manifest of that
+kind is inspected and validated, which study settings apply to it, one sample's tensor shape,
+whether samples carry maps, what of it enters a trial's identity, and the Ray Datasets a trial
+reads. The study driver and the trials ask the kind (``get(spec.data.kind)``); nothing outside
+this package compares kind names (ARCHITECTURE "Data kind").
+
+Adding a kind is one module under ``bioscale/data/kinds/`` that subclasses ``DataKind`` and
+registers itself with ``@register``, plus its line in ``_MODULES`` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bioscale.registry import Registry
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from bioscale.data.manifest import ManifestInfo
+    from bioscale.data.splits import SampleIndex
+
+#: The modules that register the built-in kinds (imported on first use).
+_MODULES = (
+    "bioscale.data.kinds.profiles",
+    "bioscale.data.kinds.cellpainting",
+    "bioscale.data.kinds.natural",
+)
+
+KINDS: Registry[DataKind] = Registry("data kind")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Wording:
+    """How a kind's labels read in messages: ``{label} top-1 on {novel}`` / ``{held_out}``."""
+
+    label: str  # what the probe predicts: "MoA", "class"
+    novel: str  # the never-trained-on split
+    held_out: str  # held-out samples of trained-on labels
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialSets:
+    """Which rows (and integer labels) of the manifest each of a trial's datasets reads.
+
+    Each entry is a ``Targets`` (``bioscale.objectives.base``): ``rows`` into the index and
+    ``columns`` of labels aligned with them. ``held_out`` (optional) are the probe-test images
+    that saliency/adversarial alignment reads."""
+
+    train: Any
+    val: Any
+    probe: Any
+    held_out: Any | None = None
+
+    def named(self):
+        """``(name, targets)`` of each dataset (``held_out`` only when set)."""
+        yield from (("train", self.train), ("val", self.val), ("probe", self.probe))
+        if self.held_out is not None:
+            yield "held_out", self.held_out
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataCpus:
+    """Logical CPUs of a trial's Ray Data tasks: row selection and, for images, decoding."""
+
+    select: float
+    decode: float
+
+
+class DataKind:
+    """Base class of a data kind; subclasses set the class attributes and override what differs.
+
+    Methods take the study's ``data:`` section (``bioscale.study.spec.DataSpec``: ``manifest``,
+    ``splits``, ``image``, ``maps``, ``non_finite``) as ``data``.
+    """
+
+    name: ClassVar[str]
+    #: samples are images: rungs read (C, H, W) crops, human maps may apply
+    images: ClassVar[bool] = False
+    #: a trial's training input is decoded while its workers train (Ray Data tasks hold CPUs for
+    #: the whole trial), and workers never keep an epoch in memory (each draws fresh crops)
+    streams: ClassVar[bool] = False
+    #: the probe sets include never-trained-on labels (``novel_test``)
+    novel_labels: ClassVar[bool] = True
+    #: the settings of ``data:`` this kind reads besides ``manifest`` and ``splits``
+    #: (``image``, ``maps``, ``non_finite``, ``synthetic``)
+    settings: ClassVar[frozenset[str]] = frozenset()
+    wording: ClassVar[Wording]
+
+    # ------------------------------------------------------------------ the study's settings
+    def validate(self, data: Any) -> None:
+        """Raise ``ConfigError`` for ``data:`` settings this kind cannot use (called at load)."""
+        from bioscale.errors import ConfigError
+
+        for setting in ("image", "maps", "non_finite"):
+            if setting in self.settings:
+                continue
+            if getattr(data, setting) != _default(data, setting):
+                raise ConfigError(
+                    f"data.{setting} does not apply to data.kind {self.name!r}"
+                    f"{self._setting_hint(setting)}: remove it"
+                )
+        if data.synthetic is not None and "synthetic" not in self.settings:
+            raise ConfigError(
+                "data.synthetic generates profiles; for images run `bioscale data synth images` "
+                "(Cell Painting) or `bioscale data synth natural` and point data.manifest at its "
+                "manifest"
+            )
+
+    @staticmethod
+    def _setting_hint(setting: str) -> str:
+        return {
+            "image": " (it sets how image sites become tensors)",
+            "maps": " (it sets how natural images' human maps are blurred)",
+            "non_finite": " (profiles only: what to do with NaN/Inf features)",
+        }[setting]
+
+    def alignment_refusal(self, evaluation: str) -> str | None:
+        """Why ``alignment.<evaluation>`` cannot run on this kind, or ``None``."""
+        return None
+
+    def identity(self, data: Any) -> dict[str, Any]:
+        """What of ``data:`` changes what a trial learns, beyond rows and labels (trial keys)."""
+        return {}
+
+    # -------------------------------------------------------------------------- the manifest
+    def inspect(self, path: str | Path) -> ManifestInfo:
+        """Validate and hash a manifest of this kind."""
+        raise NotImplementedError
+
+    def metadata(self, path: str | Path) -> pa.Table:
+        """The manifest's metadata columns (``bioscale.data.manifest.METADATA_COLUMNS``)."""
+        raise NotImplementedError
+
+    def check(self, data: Any, path: str | Path) -> None:
+        """Checks of the samples themselves that must pass before any compute (default: none)."""
+
+    def excluded(self, data: Any, path: str | Path) -> set[str]:
+        """Sample ids the study's settings leave out of every role (default: none)."""
+        return set()
+
+    def sample_shape(self, data: Any, info: ManifestInfo, path: str | Path) -> tuple[int, ...]:
+        """One training sample's tensor shape."""
+        raise NotImplementedError
+
+    def any_sample_shape(self, data: Any) -> tuple[int, ...]:
+        """A valid sample shape without reading the manifest (for parameter-free model builds,
+        whose layer names depend on neither the input size nor the channel count)."""
+        raise NotImplementedError
+
+    def has_maps(self, path: str | Path) -> bool:
+        """Whether the manifest's samples carry human/expert importance maps."""
+        return False
+
+    def channels(self, data: Any, path: str | Path) -> list[str] | None:
+        """Names of the input channels in order (Cell Painting dyes), or ``None``."""
+        return None
+
+    # ----------------------------------------------------------------------------- a trial
+    def skips_bad_samples(self, data: Any) -> bool:
+        """Whether unreadable samples are dropped into a ledger instead of failing the trial."""
+        return False
+
+    def datasets(
+        self,
+        data: Any,
+        manifest: str,
+        index: SampleIndex,
+        sets: TrialSets,
+        cpus: DataCpus,
+        skips: Any = None,
+    ) -> dict[str, Any]:
+        """A trial's Ray Datasets: ``train`` (split across workers), ``val``, ``probe`` and, when
+        ``sets.held_out`` is given, ``held_out``."""
+        raise NotImplementedError
+
+
+def _default(config: Any, name: str) -> Any:
+    """The default of dataclass field ``name`` of ``config``."""
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()
+
+
+def register(cls: type[DataKind]) -> type[DataKind]:
+    """Class decorator: register one instance of a ``DataKind`` subclass under its ``name``."""
+    KINDS.register(cls.name, cls())
+    return cls
+
+
+def _load() -> None:
+    for module in _MODULES:
+        importlib.import_module(module)
+
+
+def get(name: str) -> DataKind:
+    """The kind registered as ``name`` (an unknown name lists the known ones)."""
+    _load()
+    return KINDS.get(name)
+
+
+def names() -> list[str]:
+    _load()
+    return KINDS.names()

@@ -1,0 +1,105 @@
+"""``profiles``: one sample is a well's feature vector (CellProfiler/pycytominer profiles, or the
+synthetic screen), a fixed-width float32 ``features`` column (ARCHITECTURE "Manifest")."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from bioscale.data import manifest as mf
+from bioscale.data.kinds import DataCpus, DataKind, TrialSets, Wording, register
+from bioscale.errors import ManifestError
+
+log = logging.getLogger(__name__)
+
+
+@register
+class Profiles(DataKind):
+    name = "profiles"
+    settings = frozenset({"non_finite", "synthetic"})
+    wording = Wording(
+        label="MoA", novel="novel compounds", held_out="held-out wells of seen compounds"
+    )
+
+    def alignment_refusal(self, evaluation: str) -> str | None:
+        if evaluation in ("saliency", "adversarial"):
+            return (
+                f"alignment.{evaluation} compares image gradients with human maps; data.kind "
+                "'profiles' has no images (use data.kind natural, or cellpainting with a "
+                "path_map column)"
+            )
+        if evaluation in ("neural", "threedpc"):
+            return (
+                f"alignment.{evaluation} shows the model RGB stimuli; it applies to natural-image "
+                "studies (3-channel rungs), not data.kind 'profiles'"
+            )
+        return None
+
+    def identity(self, data: Any) -> dict[str, Any]:
+        # samples left out are another data set; the default (refuse them) adds nothing, so
+        # keys of studies without NaN/Inf features are what they always were
+        return {"non_finite": data.non_finite} if data.non_finite != "error" else {}
+
+    def inspect(self, path: str | Path) -> mf.ManifestInfo:
+        return mf.inspect(path)
+
+    def metadata(self, path: str | Path):
+        return mf.read_metadata(path)
+
+    def check(self, data: Any, path: str | Path) -> None:
+        """Profiles holding NaN/±Inf features are refused, naming the samples and features
+        (``data.non_finite: drop`` leaves them out instead, ``excluded``)."""
+        bad = mf.non_finite_features(path)
+        if not bad:
+            return
+        if data.non_finite == "drop":
+            log.warning(
+                "data.non_finite: drop: %d sample(s) with NaN/Inf features left out", len(bad)
+            )
+            return
+        shown = "; ".join(f"{sid}: {what}" for sid, what in list(bad.items())[:5])
+        raise ManifestError(
+            f"manifest {path}: {len(bad)} sample(s) hold NaN or infinite features ({shown}"
+            f"{'; ...' if len(bad) > 5 else ''}). Fix or impute them upstream, or set "
+            "data.non_finite: drop in the study to leave those samples out."
+        )
+
+    def excluded(self, data: Any, path: str | Path) -> set[str]:
+        return set(mf.non_finite_features(path)) if data.non_finite == "drop" else set()
+
+    def sample_shape(self, data: Any, info: mf.ManifestInfo, path: str | Path) -> tuple[int, ...]:
+        if info.n_features is None:
+            raise ManifestError(
+                f"manifest {path} has no 'features' column; data.kind 'profiles' needs a profile "
+                "manifest (or set data.kind: cellpainting for an image manifest)"
+            )
+        return (info.n_features,)
+
+    def any_sample_shape(self, data: Any) -> tuple[int, ...]:
+        return (8,)
+
+    def datasets(
+        self,
+        data: Any,
+        manifest: str,
+        index: Any,
+        sets: TrialSets,
+        cpus: DataCpus,
+        skips: Any = None,
+    ) -> dict[str, Any]:
+        """The training diet is read, selected and labelled by Ray Data tasks and held in the
+        object store (profiles are small), so the Train workers never wait on data tasks. The two
+        small evaluation sets are read straight from the rows they need: two fewer Ray Data
+        executions per trial, which on a small machine cost more than the trial's training."""
+        from bioscale.data.pipeline import profile_rows, read_profiles, with_labels
+
+        ids = index.sample_id
+        profiles = read_profiles(manifest, cpus_per_task=cpus.select)
+        return {
+            "train": with_labels(
+                profiles, ids[sets.train.rows], sets.train.columns, cpus_per_task=cpus.select
+            ).materialize(),
+            "val": profile_rows(manifest, ids[sets.val.rows], sets.val.columns),
+            "probe": profile_rows(manifest, ids[sets.probe.rows], sets.probe.columns),
+        }
