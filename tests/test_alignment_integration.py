@@ -194,8 +194,8 @@ def test_plan_skips_map_evaluations_for_objectives_without_a_classifier(data, ca
     with caplog.at_level("WARNING", logger="bioscale.study.plan"):
         planned = plan(spec, data["manifest"])
     by = {t.point.objective.name: t for t in planned.trials}
-    assert by["supervised"].loop.alignment.enabled() == ("saliency", "adversarial", "threedpc")
-    assert by["mae"].loop.alignment.enabled() == ("threedpc",)
+    assert by["supervised"].final.alignment.enabled() == ("saliency", "adversarial", "threedpc")
+    assert by["mae"].final.alignment.enabled() == ("threedpc",)
     assert by["supervised"].notes == ()
     ((point, why),) = planned.skipped
     assert point.objective.name == "mae"
@@ -211,7 +211,7 @@ def test_trial_config_carries_alignment_with_absolute_paths(data, monkeypatch):
         "threedpc": {"root": "3dpc", "tasks": ["depth"]},
     }
     trial = plan(study(data, relative), data["manifest"]).trials[0]
-    cfg = trial.loop.alignment
+    cfg = trial.final.alignment
     assert cfg.neural[0].path == str(data["neural"].resolve())
     assert cfg.threedpc.root == str(Path(data["threedpc"]).resolve())
     # the Ray worker rebuilds the loop config from its mapping
@@ -219,7 +219,7 @@ def test_trial_config_carries_alignment_with_absolute_paths(data, monkeypatch):
     # alignment is part of the trial (a changed evaluation is a new trial); no alignment keeps
     # the key a study without the section always had
     plain = plan(study(data), data["manifest"]).trials[0]
-    assert plain.loop.alignment is None and plain.key != trial.key
+    assert plain.final.alignment is None and plain.key != trial.key
     fewer = plan(study(data, {"saliency": True}), data["manifest"]).trials[0]
     assert fewer.key not in (trial.key, plain.key)
 
@@ -245,7 +245,9 @@ def test_map_blur_is_a_natural_data_setting_and_part_of_the_trial_key(data):
         "data": {"kind": "cellpainting", "manifest": "cp.parquet", "maps": {"blur": "none"}},
         "grids": [{"rung": ["resnet:debug"], "diet": [{"replicates": 1.0}], "objective": ["ibp"]}],
     }
-    with pytest.raises(ConfigError, match=r"data\.maps does not apply to data\.kind 'cellpainting'"):
+    with pytest.raises(
+        ConfigError, match=r"data\.maps does not apply to data\.kind 'cellpainting'"
+    ):
         StudySpec.from_dict(cellpainting)
 
 
@@ -313,6 +315,9 @@ def natural_arrays(manifest, index, rows, columns):
 
 @pytest.mark.timeout(120)
 def test_local_trial_logs_every_alignment_metric(data):
+    from functools import partial
+
+    from bioscale.eval.final import final_metrics
     from bioscale.train.context import LocalContext
 
     spec = study(data, full_alignment(data))
@@ -340,7 +345,7 @@ def test_local_trial_logs_every_alignment_metric(data):
         batch_size=16,
     )
     start = time.perf_counter()
-    final = loop.run(cfg, ctx)
+    final = loop.run(cfg, ctx, final=partial(final_metrics, final=trial.final))
     assert time.perf_counter() - start < 60
     assert ctx.reports[-1].items() >= final.items()  # what the driver logs
     # saliency alignment on the probe-test images with a map, every one of them

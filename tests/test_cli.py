@@ -61,3 +61,51 @@ def test_synth_profiles_command(tmp_path):
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "manifest.parquet").exists()
     assert (tmp_path / "metadata" / "compound.csv.gz").exists()
+
+
+def test_the_tracker_is_built_in_one_place():
+    """Every command and the study driver open their tracking store through ``open_tracker``, so
+    each honours the study's ``tracking.retry_seconds``."""
+    import ast
+
+    library = REPO / "platform" / "bioscale"
+    built = [
+        f"{path.relative_to(library)}:{node.lineno}"
+        for path in sorted(library.rglob("*.py"))
+        if path != library / "study" / "tracking.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Tracker"
+    ]
+    assert built == []
+
+
+def test_open_tracker_uses_the_study_s_store_and_retry_seconds(tmp_path, monkeypatch):
+    from bioscale.study.spec import StudySpec
+    from bioscale.study.tracking import default_uri, open_tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = StudySpec.from_dict(
+        {
+            "name": "s",
+            "data": {"manifest": "m.parquet"},
+            "grids": [{"rung": ["debug"], "diet": [{}], "objective": ["supervised"]}],
+            "tracking": {"retry_seconds": 7.5},
+        }
+    )
+    tracker = open_tracker(spec, tmp_path)
+    assert tracker.uri == default_uri(tmp_path) and tracker.retry_seconds == 7.5
+    assert tracker.artifact_root == (tmp_path / "mlartifacts").resolve()
+    given = open_tracker(None, tmp_path, uri=f"sqlite:///{tmp_path / 'other.db'}")
+    assert given.uri.endswith("other.db") and given.retry_seconds == 120.0
+
+
+def test_the_console_script_and_python_m_run_the_same_main():
+    from importlib.metadata import entry_points
+
+    import bioscale.cli
+
+    (script,) = entry_points(group="console_scripts", name="bioscale")
+    assert script.load() is bioscale.cli.main
+    out = run_cli("study", "--help")
+    assert out.returncode == 0 and "usage: bioscale study" in out.stdout

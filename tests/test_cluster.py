@@ -490,8 +490,37 @@ def test_killed_train_worker_resumes_from_its_checkpoint_on_the_same_run(cluster
     print(f"worker killed; trial resumed from epoch {resumed:.0f} and finished 60 epochs")
 
 
+def _second_drivers_are_refused(cluster, path: Path, args: tuple, out: Path, first) -> None:
+    """While ``first`` drives the study: a driver on the same output folder is refused by the
+    folder's lock, and one on another folder (same study, same server) by the study's lease; both
+    name the first driver."""
+    same = subprocess.run(
+        [str(BIN / "bioscale"), "study", "run", str(path), *args],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert same.returncode == 2, same.stdout + same.stderr
+    assert "in use by another bioscale driver" in same.stderr
+    assert f"pid {first.pid}" in same.stderr and "started" in same.stderr
+    other = out.parent / f"{out.name}-elsewhere"
+    elsewhere = subprocess.run(
+        [str(BIN / "bioscale"), "study", "run", str(path), "--out", str(other), "--no-report"],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert elsewhere.returncode == 2, elsewhere.stdout + elsewhere.stderr
+    assert "held by another bioscale driver" in elsewhere.stderr
+    assert f"pid {first.pid}" in elsewhere.stderr
+
+
 @pytest.mark.timeout(480)
-def test_killed_driver_then_resume_runs_only_the_unfinished_trials(cluster):
+def test_a_second_driver_is_refused_and_a_killed_drivers_study_resumes_its_unfinished_trials(
+    cluster,
+):
     study = tiny_study(
         "cluster-driver-kill",
         [0.25, 0.5, 1.0],
@@ -510,6 +539,8 @@ def test_killed_driver_then_resume_runs_only_the_unfinished_trials(cluster):
         return done if done and len(runs) > len(done) else None
 
     with _driver(cluster, "study", "run", str(path), *args) as driver:
+        _wait_for(lambda: _trial_runs(tracker, study["name"]), 240, "a trial run", 0.2)
+        _second_drivers_are_refused(cluster, path, args, out, first=driver)
         done = _wait_for(one_done_one_running, 300, "a finished and a running trial", 0.5)
         os.killpg(driver.pid, signal.SIGKILL)  # the driver only: the cluster keeps running
         driver.communicate()
@@ -519,6 +550,7 @@ def test_killed_driver_then_resume_runs_only_the_unfinished_trials(cluster):
         log = _finish(resumed, 360)
     assert resumed.returncode == 0, log[-4000:]
     assert f"3 trials planned, {len(done)} already finished" in log
+    assert "took over study" in log  # the killed driver's lease named a process that is gone
     runs = _trial_runs(tracker, study["name"])
     keys = [r.data.tags["bioscale.trial_key"] for r in runs]
     assert len(runs) == 3 and len(set(keys)) == 3, "a trial was logged twice"
@@ -579,54 +611,6 @@ def test_ctrl_c_mid_trial_ends_killed_with_exit_130_and_resume_finishes(cluster)
         log = _finish(resumed, 300)
     assert resumed.returncode == 0, log[-4000:]
     assert _study_status(tracker, study["name"]) == "FINISHED"
-    _one_finished_run_per_key_with_every_epoch(tracker, study["name"], 1, 30)
-
-
-@pytest.mark.timeout(420)
-def test_a_second_driver_is_refused_and_a_dead_ones_study_is_taken_over(cluster):
-    study = tiny_study(
-        "cluster-two-drivers",
-        [1.0],
-        train={"budget": {"epochs": 30}, "checkpoint_every": 3},
-        resources={"max_concurrent_trials": 1},
-        tracking={"uri": cluster.mlflow_url},
-    )
-    path = cluster.write_study(study)
-    out = cluster.root / "out" / study["name"]
-    args = ("--out", str(out), "--no-report", "--address", cluster.gcs_address)
-    tracker = cluster.tracker()
-    with _driver(cluster, "study", "run", str(path), *args) as first:
-        _wait_for(lambda: _trial_runs(tracker, study["name"]), 240, "a trial run", 0.2)
-        # the same output folder: refused by the folder's lock, naming the first driver
-        second = subprocess.run(
-            [str(BIN / "bioscale"), "study", "run", str(path), *args],
-            env=cluster.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert second.returncode == 2, second.stdout + second.stderr
-        assert "in use by another bioscale driver" in second.stderr
-        assert f"pid {first.pid}" in second.stderr and "started" in second.stderr
-        # another output folder, the same study on the same server: refused by the lease
-        other = cluster.root / "out" / "elsewhere"
-        third = subprocess.run(
-            [str(BIN / "bioscale"), "study", "run", str(path), "--out", str(other), "--no-report"],
-            env=cluster.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert third.returncode == 2, third.stdout + third.stderr
-        assert "held by another bioscale driver" in third.stderr
-        assert f"pid {first.pid}" in third.stderr
-        os.killpg(first.pid, signal.SIGKILL)  # the first driver dies without a word
-        first.communicate()
-
-    with _driver(cluster, "study", "resume", str(path), *args) as resumed:
-        log = _finish(resumed, 300)
-    assert resumed.returncode == 0, log[-4000:]
-    assert "took over study" in log  # its lease named a process that is gone
     _one_finished_run_per_key_with_every_epoch(tracker, study["name"], 1, 30)
 
 

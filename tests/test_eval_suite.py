@@ -5,13 +5,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from bioscale.data import kinds
 from bioscale.errors import ConfigError
 from bioscale.eval.alignment import CLICKME_CEILING, alignment_metrics, dice_iou
 from bioscale.eval.leakage import leakage_probe
 from bioscale.eval.normalise import MAD_TO_SD, fit_normaliser
 from bioscale.eval.probe import ROLE_CODES, ProbeConfig, probe_task, topk_accuracy
 from bioscale.eval.retrieval import map_against_controls
-from bioscale.eval.tasks import TASKS, default_tasks, evaluate, to_wells
+from bioscale.eval.tasks import default_tasks, evaluate, to_wells
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -262,7 +263,7 @@ def test_probe_rows_of_the_manifest_carry_controls_codes_and_split_targets(synth
     assert len(np.unique(t.columns["plate"])) == len(set(index.plate))
     # the suite runs end to end on raw features, every task, with frozen metric names
     _, x = mf.read_features(synth_manifest, list(index.sample_id[t.rows]))
-    cfg = replace(FAST, tasks=default_tasks("profiles"), readouts=("linear",))
+    cfg = replace(FAST, tasks=default_tasks(kinds.get("profiles").provides), readouts=("linear",))
     m = evaluate({"emb": x, **t.columns}, cfg)
     for key in (
         "probe/moa/novel_compounds/top1",
@@ -279,25 +280,27 @@ def test_probe_rows_of_the_manifest_carry_controls_codes_and_split_targets(synth
 
 
 def test_study_eval_names_are_validated_and_become_the_probe_tasks():
-    from bioscale.study.spec import EVAL_TASKS, StudySpec
+    from bioscale.study.spec import StudySpec
 
     base = {
         "name": "e",
         "data": {"synthetic": {}},
         "grids": [{"rung": ["debug"], "diet": [{}], "objective": ["ibp"]}],
     }
-    assert set(EVAL_TASKS) == set(TASKS.names())
-    assert StudySpec.from_dict(base).probe.tasks == default_tasks("profiles")
+    assert StudySpec.from_dict(base).probe.tasks == default_tasks(kinds.get("profiles").provides)
     spec = StudySpec.from_dict({**base, "eval": ["moa", "replicate_retrieval"]})
     assert spec.probe.tasks == ("moa", "replicate_retrieval")
     assert StudySpec.from_dict(spec.to_dict()) == spec
-    with pytest.raises(ConfigError, match="not one of"):
+    # the task registry is the one list of names: a typo is named with the close matches
+    with pytest.raises(
+        ConfigError, match=r"eval\[1\]: unknown evaluation task 'mao'. Did you mean"
+    ):
         StudySpec.from_dict({**base, "eval": ["moa", "mao"]})
     with pytest.raises(ConfigError, match="once"):
         StudySpec.from_dict({**base, "eval": ["moa", "moa"]})
     with pytest.raises(ConfigError, match="probe readout"):
         StudySpec.from_dict({**base, "probe": {"readouts": ["linear", "svm"]}})
-    assert default_tasks("natural") == ("moa",)
+    assert default_tasks(kinds.get("natural").provides) == ("moa",)
 
 
 def test_normaliser_statistics_come_only_from_the_evaluation_control_wells(synth_manifest):

@@ -29,9 +29,12 @@ STUDY = {
 def _finished_trial(tmp_path):
     """Train the study's one trial in-process, checkpoints where the runner puts them, and log
     it as a FINISHED trial run, as the study driver does."""
+    from functools import partial
+
     from bioscale.data import manifest as mf
-    from bioscale.eval.extract import trial_folder
+    from bioscale.eval.final import final_metrics
     from bioscale.study.plan import load_index, plan, trial_data
+    from bioscale.study.posthoc import trial_folder
     from bioscale.study.runner import ensure_manifest, tracking_uri
     from bioscale.study.spec import StudySpec
     from bioscale.study.tracking import Tracker
@@ -54,7 +57,7 @@ def _finished_trial(tmp_path):
         batch_size=64,
         checkpoint_root=str(trial_folder(out, trial.key)),
     )
-    final = loop.run(trial.loop, ctx)
+    final = loop.run(trial.loop, ctx, final=partial(final_metrics, final=trial.final))
     tracker = Tracker(tracking_uri(spec, out), artifact_root=out / "mlartifacts")
     exp = tracker.experiment(spec.name)
     parent = tracker.study_run(exp, spec.name, spec.sha())
@@ -101,18 +104,25 @@ def test_evaluate_adds_metrics_to_the_trial_run_without_a_new_run(tmp_path, ray_
     assert tracker.client.get_run(run_id).info.status == "FINISHED"
 
 
-def test_evaluate_names_an_unknown_run(tmp_path, ray_local, capsys):
+def test_evaluate_names_an_unknown_run_and_creates_no_experiment(tmp_path, capsys):
     from bioscale.cli import main
+    from bioscale.study.tracking import Tracker, default_uri
 
     study_file = tmp_path / "study.yaml"
     study_file.write_text(yaml.safe_dump(STUDY))
     code = main(["evaluate", str(study_file), "--out", str(tmp_path / "o"), "--run", "nope"])
     assert code == 2
-    assert "no FINISHED trial run nope" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no FINISHED trial run nope in study 'pytest-evaluate' (sqlite:" in err
+    assert "its finished trial runs: none (no MLflow experiment of that name" in err
+    # a tool on finished trials only reads the store: no empty experiment left behind
+    tracker = Tracker(default_uri(tmp_path / "o"))
+    assert tracker.client.get_experiment_by_name(STUDY["name"]) is None
 
 
 def test_final_checkpoint_is_found_under_a_storage_uri_and_fetched(tmp_path):
-    from bioscale.eval.extract import STATE_FILE, final_checkpoint, trial_folder
+    from bioscale.eval.extract import STATE_FILE
+    from bioscale.study.posthoc import final_checkpoint, trial_folder
 
     folder = trial_folder(tmp_path / "out", "ab" * 32, storage=(tmp_path / "bucket").as_uri())
     assert folder.startswith("file://") and folder.endswith("/trial-" + "ab" * 8)

@@ -17,7 +17,6 @@ from bioscale.config import from_mapping, to_mapping
 from bioscale.data import manifest as mf
 from bioscale.data.splits import SampleIndex, SplitConfig
 from bioscale.errors import ConfigError
-from bioscale.eval.probe import ProbeConfig
 from bioscale.hardware import DEVICE_PEAK_TFLOPS, device_peak_flops, mfu, peak_tflops
 from bioscale.study.spec import StudySpec
 from bioscale.train import loop
@@ -161,7 +160,6 @@ def _trial(synth_manifest):
         weight_decay=1e-6,
         batch_size=64,
         seed=0,
-        probe=ProbeConfig(cs=(1.0,)),
         flops_per_sample=1.0e6,
         checkpoint_every=0,
         report_interval_s=0.0,

@@ -169,9 +169,12 @@ def test_the_suite_searches_layers_and_the_curves_name_them():
 
 
 def test_the_loop_embeds_every_layer_and_reports_the_curves(synth_manifest):
+    from functools import partial
+
     from bioscale.data import manifest as mf
     from bioscale.data.diets import Diet
     from bioscale.data.splits import SampleIndex, SplitConfig
+    from bioscale.eval.final import FinalConfig, final_metrics
     from bioscale.study.plan import GridPoint, trial_data
     from bioscale.study.spec import ObjectiveSpec
     from bioscale.train import loop
@@ -196,7 +199,6 @@ def test_the_loop_embeds_every_layer_and_reports_the_curves(synth_manifest):
         weight_decay=1e-6,
         batch_size=64,
         seed=0,
-        probe=replace(FAST, tasks=("moa", "leakage"), selection="search"),
     )
     ctx = LocalContext(
         train={"x": x[td.train.rows], **td.train.columns},
@@ -206,7 +208,8 @@ def test_the_loop_embeds_every_layer_and_reports_the_curves(synth_manifest):
         },
         batch_size=64,
     )
-    final = loop.run(cfg, ctx)
+    probe = replace(FAST, tasks=("moa", "leakage"), selection="search")
+    final = loop.run(cfg, ctx, final=partial(final_metrics, final=FinalConfig(probe=probe)))
     assert final["probe/moa/best_layer"] in (0.0, 1.0)
     assert 0.0 <= final["probe/moa/novel_compounds/top1"] <= 1.0
     assert "leakage/plate/acc" in final  # tasks that fit no probe still run, on the embedding

@@ -1,5 +1,6 @@
 """The training loop without Ray (LocalContext): learning, budgets, early stopping, resume."""
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from bioscale.data import manifest as mf
 from bioscale.data.diets import Diet
 from bioscale.data.splits import SampleIndex, SplitConfig
 from bioscale.errors import BioscaleError, TrainingError
+from bioscale.eval.final import FinalConfig, final_metrics
 from bioscale.eval.probe import ProbeConfig
 from bioscale.objectives.ibp import IBP
 from bioscale.study.plan import GridPoint, trial_data
@@ -17,6 +19,9 @@ from bioscale.study.spec import ObjectiveSpec
 from bioscale.train import loop
 from bioscale.train.context import LocalContext
 from bioscale.train.rules import Budget, EarlyStopping
+
+#: the final evaluation these tests wire into the loop (the study binds the plan's)
+FINAL = functools.partial(final_metrics, final=FinalConfig(probe=ProbeConfig(cs=(0.1, 1.0))))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,6 @@ def make(data, objective="ibp", objective_params=None, **overrides):
         weight_decay=1e-6,
         batch_size=64,
         seed=0,
-        probe=ProbeConfig(cs=(0.1, 1.0)),
         flops_per_sample=100.0,
         **overrides,
     )
@@ -74,7 +78,7 @@ def epoch_metrics(ctx):
 def test_loop_learns_and_probes(data, objective):
     cfg, ctx, _ = make(data, objective)
     c = ctx()
-    final = loop.run(cfg, c)
+    final = loop.run(cfg, c, final=FINAL)
     epochs = epoch_metrics(c)
     assert len(epochs) == 6
     assert epochs[-1]["train/loss"] < epochs[0]["train/loss"]
@@ -126,6 +130,56 @@ def test_resume_from_checkpoint_continues_where_it_stopped(data, tmp_path):
     assert again["train/samples_seen"] == full["train/samples_seen"]
 
 
+def test_the_final_evaluation_is_a_hook_given_the_best_weights_the_context_and_the_config(data):
+    """The loop imports no evaluation: the hook it is given runs once, after training, on the
+    network with the best epoch's weights; its metrics join the final report."""
+    cfg, ctx, _ = make(data, "supervised", max_epochs=3)
+    c = ctx()
+    calls = []
+
+    def hook(net, hook_ctx, hook_cfg):
+        weights = {k: v.clone() for k, v in net.state_dict().items()}
+        calls.append((weights, hook_ctx, hook_cfg, len(c.reports)))
+        return {"probe/moa/seen_compounds/top1": 0.25}
+
+    final = loop.run(cfg, c, final=hook)
+    [(weights, hook_ctx, hook_cfg, reports_before)] = calls
+    assert hook_ctx is c and hook_cfg is cfg
+    assert reports_before == len(c.reports) - 1  # after every epoch report, before the final one
+    best = torch.load(Path(c.latest_checkpoint()) / "state.pt", weights_only=True)["best_weights"]
+    assert weights.keys() == best.keys()
+    assert all(torch.equal(weights[k], best[k]) for k in best)
+    assert final["probe/moa/seen_compounds/top1"] == 0.25
+    assert c.reports[-1]["probe/moa/seen_compounds/top1"] == 0.25
+    assert {"val/best_loss", "train/best_epoch", "compute/flops"} <= set(final)
+
+    plain = loop.run(cfg, ctx())  # no hook: the training totals only
+    assert not [k for k in plain if k.startswith("probe/")]
+    assert plain.keys() == final.keys() - {"probe/moa/seen_compounds/top1"}
+
+
+def test_reports_batch_epochs_and_carry_checkpoints_where_due(data):
+    """Epochs go out in batches at each due checkpoint and at the end; checkpointed reports say
+    so, the last epoch says whether it stopped early, and the final report checkpoints the run
+    with every epoch in its log."""
+    cfg, ctx, _ = make(data, "supervised", max_epochs=5, checkpoint_every=2, report_interval_s=1e9)
+    c = ctx()
+    loop.run(cfg, c)
+    assert [[m["epoch"] for m in r.get("history", [])] for r in c.reports] == [
+        [1, 2],
+        [3, 4],
+        [5],
+        [],
+    ]
+    assert [r.get("checkpointed") for r in c.reports] == [1.0, 1.0, None, 1.0]
+    assert c.reports[2]["train/early_stopped"] == 0.0
+    assert c.reports[2]["epoch"] == 5 and c.reports[-1]["final"] == 1.0
+    assert ["train/early_stopped" in r for r in c.reports[:2]] == [False, False]
+    state = torch.load(Path(c.latest_checkpoint()) / "state.pt", weights_only=True)["state"]
+    assert [m["epoch"] for m in state["epoch_log"]] == [1, 2, 3, 4, 5]
+    assert state["epoch"] == 5 and state["best_epoch"] >= 1
+
+
 def test_weight_decay_groups_skip_norms_and_biases(data):
     cfg, _, _ = make(data)
     net, _ = loop.build_network(cfg)
@@ -145,7 +199,7 @@ def test_bf16_autocast_stays_within_tolerance_of_fp32(data):
     for precision in ("fp32", "bf16"):
         cfg, ctx, _ = make(data, "supervised", precision=precision)
         c = ctx()
-        final = loop.run(cfg, c)
+        final = loop.run(cfg, c, final=FINAL)
         results[precision] = (epoch_metrics(c)[-1]["train/loss"], final)
     (loss32, f32), (loss16, f16) = results["fp32"], results["bf16"]
     assert loss16 == pytest.approx(loss32, rel=0.10)

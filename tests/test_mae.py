@@ -234,9 +234,12 @@ def test_plan_drops_cnn_rungs_for_mae_and_keeps_vit(tmp_path):
 
 
 def test_local_training_loop_runs_mae_and_probes(synth_manifest):
+    from functools import partial
+
     from bioscale.data import manifest as mf
     from bioscale.data.diets import Diet
     from bioscale.data.splits import SampleIndex, SplitConfig
+    from bioscale.eval.final import FinalConfig, final_metrics
     from bioscale.eval.probe import ProbeConfig
     from bioscale.study.plan import GridPoint, trial_data
     from bioscale.study.spec import ObjectiveSpec
@@ -263,7 +266,6 @@ def test_local_training_loop_runs_mae_and_probes(synth_manifest):
         weight_decay=1e-6,
         batch_size=64,
         seed=0,
-        probe=ProbeConfig(cs=(0.1, 1.0)),
         flops_per_sample=100.0,
     )
     ctx = LocalContext(
@@ -274,7 +276,9 @@ def test_local_training_loop_runs_mae_and_probes(synth_manifest):
         },
         batch_size=64,
     )
-    final = loop.run(cfg, ctx)
+    final = loop.run(
+        cfg, ctx, final=partial(final_metrics, final=FinalConfig(probe=ProbeConfig(cs=(0.1, 1.0))))
+    )
     epochs = [m for r in ctx.reports for m in r.get("history", ())]
     assert len(epochs) == 4
     assert {"train/loss", "train/recon", "val/loss"} <= set(epochs[0])

@@ -182,13 +182,15 @@ def test_genetic_task_skips_without_genetic_wells_and_plan_refuses_it(tmp_path, 
     # the default task list drops it for this data, and keeps rediscovery
     default = StudySpec.from_dict({k: v for k, v in study.items() if k != "eval"})
     assert "genetic" in default.probe.tasks
-    plan(default, manifest)
-    assert "genetic" not in default.probe.tasks and "rediscovery" in default.probe.tasks
+    planned = plan(default, manifest)
+    assert "genetic" not in planned.probe.tasks and "rediscovery" in planned.probe.tasks
+    assert all(t.final.probe == planned.probe for t in planned.trials)  # what each trial runs
+    assert "genetic" in default.probe.tasks  # the loaded spec is never changed by planning
 
 
 def test_a_planned_study_without_eval_ships_to_its_trials_unchanged(synth_manifest):
-    # plan narrows the default tasks to what the manifest feeds (no genetic wells here); each
-    # trial rebuilds the study from spec.to_dict() and must accept that narrowed list
+    # plan narrows the default tasks to what the manifest feeds (no genetic wells here) in the
+    # trials' loop configs; the spec each trial rebuilds from spec.to_dict() is the loaded one
     from bioscale.study.plan import plan
     from bioscale.study.spec import StudySpec
 
@@ -199,6 +201,9 @@ def test_a_planned_study_without_eval_ships_to_its_trials_unchanged(synth_manife
             "grids": [{"rung": ["debug"], "diet": [{}], "objective": ["ibp"]}],
         }
     )
-    plan(spec, synth_manifest)
-    assert "genetic" not in spec.probe.tasks and "moa" in spec.probe.tasks
-    assert StudySpec.from_dict(spec.to_dict()).probe.tasks == spec.probe.tasks
+    before = spec.to_dict()
+    planned = plan(spec, synth_manifest)
+    tasks = planned.trials[0].final.probe.tasks
+    assert "genetic" not in tasks and "moa" in tasks
+    assert spec.to_dict() == before
+    assert StudySpec.from_dict(spec.to_dict()) == spec

@@ -44,7 +44,10 @@ def with_(**changes):
             with_(train={"lr": {"rule": "cosine"}}),
             r"'cosine' is not one of 'constant', 'kaplan', 'power'",
         ),
-        (with_(eval=["deconvolution"]), r"eval\[0\]: 'deconvolution' is not one of 'moa'"),
+        (
+            with_(eval=["moa", "deconvolution"]),
+            r"eval\[1\]: unknown evaluation task 'deconvolution'.* Known: genetic, leakage, moa",
+        ),
         (with_(exclude=[{"width": 3}]), r"exclude\[0\]: unknown key 'width'"),
         (with_(data={"manifest": "x.parquet", "synthetic": {}}), r"exactly one of 'manifest'"),
     ],

@@ -38,8 +38,9 @@ def _finish_trials(study: dict, out, with_checkpoint) -> dict:
     trial run per trial, as the study driver does. Returns ``{objective/replicates: run id}``."""
     import torch
 
-    from bioscale.eval.extract import STATE_FILE, trial_folder
+    from bioscale.eval.extract import STATE_FILE
     from bioscale.study.plan import plan
+    from bioscale.study.posthoc import trial_folder
     from bioscale.study.runner import tracking_uri
     from bioscale.study.spec import StudySpec
     from bioscale.study.tracking import Tracker
@@ -143,7 +144,8 @@ def test_visualize_cellpainting_trial_renders_a_dye_composite(tmp_path):
 
     from bioscale.data.synth_images import SynthImagesConfig, generate_images
     from bioscale.eval.maco import MacoConfig
-    from bioscale.eval.visualize import DEFAULT_TARGETS, visualize_run
+    from bioscale.eval.visualize import DEFAULT_TARGETS
+    from bioscale.study.posthoc import visualize_run
     from bioscale.study.spec import StudySpec
 
     # 4 plates: a seen compound's 4 wells fill probe_train/val/test (whole wells) + the pool
@@ -181,7 +183,7 @@ def test_visualize_cellpainting_trial_renders_a_dye_composite(tmp_path):
 def test_errors_name_what_is_wrong(natural, synth_manifest, tmp_path):
     from bioscale.errors import BioscaleError
     from bioscale.eval.maco import MacoConfig
-    from bioscale.eval.visualize import visualize_run
+    from bioscale.study.posthoc import visualize_run
     from bioscale.study.spec import StudySpec
 
     study, out, runs = natural

@@ -1,9 +1,10 @@
-"""Embedding extraction as a Ray Data job, and re-evaluation of a finished trial from its checkpoint.
+"""Embedding extraction as a Ray Data job, and the evaluation suite on a checkpoint's embeddings.
 
 ``embed_dataset`` runs the frozen backbone in a ``map_batches`` actor pool (each actor loads the
 checkpoint once; ``batch_size`` rows per call), so evaluation scales like training. The embedded
 rows keep their code columns; sites and crops are averaged to wells by the evaluation suite
-(``bioscale.eval.tasks.to_wells``).
+(``bioscale.eval.tasks.to_wells``). Finding a finished trial's checkpoint and logging its
+re-evaluation is ``bioscale.study.posthoc``'s.
 """
 
 from __future__ import annotations
@@ -15,53 +16,6 @@ import numpy as np
 
 #: What a trial checkpoint folder holds (written by the training loop).
 STATE_FILE = "state.pt"
-
-
-def trial_folder(out_dir: str | Path, trial_key: str, storage: str | None = None) -> str:
-    """A trial's Ray Train folder (named by the runner): under the study's ``storage:`` (a path
-    or an ``s3://``/``gs://`` URI) when it has one, else under ``<out>/ray_results``."""
-    root = storage.rstrip("/") if storage else str(Path(out_dir) / "ray_results")
-    return f"{root}/trial-{trial_key[:16]}"
-
-
-def final_checkpoint(folder: str | Path, cache: str | Path | None = None) -> Path:
-    """The last ``checkpoint_*`` folder of a trial (the final report's: best weights restored),
-    as a local folder: one in object storage is downloaded into ``cache`` (a temporary folder
-    by default) first.
-
-    Raises:
-        FileNotFoundError: naming the folder, when it holds no checkpoint.
-    """
-    import pyarrow.fs as pafs
-
-    location = str(folder)
-    fs, root = pafs.FileSystem.from_uri(location if "://" in location else str(Path(location)))
-    info = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    names = sorted(i.base_name for i in info if i.type == pafs.FileType.Directory)
-    found = [
-        n
-        for n in names
-        if n.startswith("checkpoint_")
-        and fs.get_file_info(f"{root}/{n}/{STATE_FILE}").type == pafs.FileType.File
-    ]
-    if not found:
-        raise FileNotFoundError(
-            f"no checkpoint_*/{STATE_FILE} under {location}: the trial's Ray Train folder is "
-            "missing (another --out or storage:?) or the trial never reported its final checkpoint"
-        )
-    if "://" not in location:
-        return Path(root) / found[-1]
-    import tempfile
-
-    local = Path(cache or tempfile.mkdtemp(prefix="bioscale-ckpt-")) / found[-1]
-    local.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(
-        f"{root}/{found[-1]}/{STATE_FILE}",
-        str(local / STATE_FILE),
-        source_filesystem=fs,
-        destination_filesystem=pafs.LocalFileSystem(),
-    )
-    return local
 
 
 def load_weights(checkpoint: str | Path) -> dict[str, Any]:
@@ -148,43 +102,34 @@ def embed_dataset(
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def reevaluate(
-    tracker: Any,
-    run_id: str,
-    *,
+def evaluate_checkpoint(
     probe_dataset,
+    *,
     loop_config: Any,
     checkpoint: str | Path,
     cfg: Any,
     pool_size: int = 1,
     num_cpus: float = 1.0,
-) -> dict[str, float]:
-    """Embed a finished trial's probe rows from its checkpoint, run ``cfg.tasks`` and log the
-    metrics into the *same* MLflow run (at the step of its final metrics; no new run).
+) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """Embed the probe rows with a trial's frozen backbone from ``checkpoint`` and run
+    ``cfg.tasks``; with ``cfg.selection == "search"`` every layer of ``cfg.layers`` is embedded
+    in the same pass and probed.
 
     Args:
-        tracker: a ``bioscale.study.tracking.Tracker`` (``client``, ``log_metrics``).
-        run_id: the trial's MLflow run.
         probe_dataset: Ray Dataset of the probe rows (``x`` + code columns).
         loop_config: the trial's ``LoopConfig`` (rebuilds the network).
-        checkpoint: the trial's final checkpoint folder.
-        cfg: ``ProbeConfig`` with the tasks to run.
+        checkpoint: the trial's checkpoint folder.
+        cfg: ``ProbeConfig``.
         pool_size: embedding actors.
         num_cpus: CPUs per embedding actor.
-    """
-    import json
 
-    from bioscale.eval.layer_search import CURVES_ARTIFACT, layer_curves, layers_of
+    Returns:
+        The metrics, and the per-layer curves (``bioscale.eval.layer_search.layer_curves``) of a
+        layer search, else ``None``.
+    """
+    from bioscale.eval.layer_search import layer_curves, layers_of
     from bioscale.eval.tasks import evaluate
 
-    run = tracker.client.get_run(run_id)
-    logged = run.data.params.get("probe_selection", "last")  # runs from before layer search
-    if logged != cfg.selection:
-        raise ValueError(
-            f"run {run_id} was probed with probe.selection {logged!r}; re-evaluating it with "
-            f"{cfg.selection!r} would log one kind of metric under the other's param. Run the "
-            "study with the new selection instead (a new trial key)."
-        )
     search = cfg.selection == "search"
     columns = embed_dataset(
         probe_dataset,
@@ -196,9 +141,4 @@ def reevaluate(
         layers=cfg.layers if search else None,
     )
     metrics = evaluate(columns, cfg)
-    step = int(run.data.metrics.get("train/epochs", 0))
-    tracker.log_metrics(run_id, metrics, step=step)
-    if search:
-        curves = layer_curves(layers_of(columns), metrics)
-        tracker.log_text(run_id, json.dumps(curves), CURVES_ARTIFACT)
-    return metrics
+    return metrics, (layer_curves(layers_of(columns), metrics) if search else None)

@@ -22,107 +22,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bioscale.errors import ConfigError
+# ROLE_CODES and ProbeConfig live in bioscale.eval.config; imported here by their old path too
+from bioscale.eval.config import ROLE_CODES, ProbeConfig
 
 if TYPE_CHECKING:
     from bioscale.eval.layer_search import Layer
 
 log = logging.getLogger(__name__)
 
-#: Integer codes of the probe roles inside a probe batch (column ``role``); stable: new roles get
-#: new codes. ``control``: negative-control wells, the reference of normalisation and retrieval.
-ROLE_CODES = {"probe_train": 0, "probe_val": 1, "probe_test": 2, "novel_test": 3, "control": 4}
 SPLITS = {"seen_compounds": ROLE_CODES["probe_test"], "novel_compounds": ROLE_CODES["novel_test"]}
 HELDOUT_SOURCE = "heldout_source"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProbeConfig:
-    """Evaluation settings (the study's ``probe:`` section; ``tasks`` comes from ``eval:``).
-
-    Attributes:
-        cs: inverse L2 strengths of the linear readout, chosen on validation.
-        topk: the k of top-k accuracy.
-        max_iter: lbfgs iterations of the linear readout.
-        tasks: evaluation tasks (``bioscale.eval.tasks.TASKS``); a study sets them from ``eval:``.
-        readouts: probe readouts (``bioscale.eval.readout.READOUTS``): ``linear`` by default;
-            ``mlp`` (the paper's readout) costs more than a small demo trial's whole training,
-            so it is opt-in (``probe: {readouts: [linear, mlp]}``, or ``bioscale evaluate``).
-        normalise: ``robust_z``: per-plate median/MAD of the control wells; ``none``: raw.
-        sphere: ZCA-whiten after the robust z-score, fitted on the pooled controls.
-        shrinkage: covariance shrinkage of the sphering in [0, 1]; ``None``: Ledoit-Wolf.
-        clip: clip robust z-scores to ±clip (``None``: no clipping).
-        heldout_source: report the ``heldout_source`` split when the data has several sources.
-        mlp_hidden, mlp_dropout, mlp_epochs, mlp_patience, mlp_lr, mlp_weight_decay,
-            mlp_batch_size: the MLP readout (paper: 2048 hidden, GELU, dropout 0.1).
-        leakage_c: inverse L2 strength of the plate/source leakage probes.
-        retrieval_null_size: size of copairs' null distribution for mAP p-values.
-        retrieval_threshold: p-value threshold of ``fraction_retrieved`` (FDR-corrected).
-        embed_batch_size: rows per batch when re-evaluation embeds with Ray Data.
-        seed: seed of the MLP readout and the retrieval null distributions.
-        selection: which embedding the probes read. ``last``: the backbone's embedding.
-            ``search``: every layer of ``layers`` is embedded in the same pass and each probe
-            task picks (layer, regularisation) on ``probe_val`` (``bioscale.eval.layer_search``);
-            logged as the trial param ``probe_selection`` so the two are never mixed up.
-        layers: the layers a search reads: ``all``, or layer names / indices (negative from the
-            deepest) of ``bioscale.eval.layers.layer_names``.
-    """
-
-    cs: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
-    topk: tuple[int, ...] = (1, 10)
-    max_iter: int = 500
-    tasks: tuple[str, ...] = ("moa",)
-    readouts: tuple[str, ...] = ("linear",)
-    normalise: Literal["robust_z", "none"] = "robust_z"
-    sphere: bool = True
-    shrinkage: float | None = None
-    clip: float | None = 30.0
-    heldout_source: bool = True
-    mlp_hidden: int = 2048
-    mlp_dropout: float = 0.1
-    mlp_epochs: int = 60
-    mlp_patience: int = 8
-    mlp_lr: float = 1e-3
-    mlp_weight_decay: float = 1e-4
-    mlp_batch_size: int = 256
-    leakage_c: float = 1.0
-    retrieval_null_size: int = 10000
-    retrieval_threshold: float = 0.05
-    embed_batch_size: int = 256
-    seed: int = 0
-    selection: Literal["last", "search"] = "last"
-    layers: Literal["all"] | tuple[str | int, ...] = "all"
-
-    def __post_init__(self) -> None:
-        from bioscale.eval.readout import READOUTS
-
-        if self.layers != "all":
-            if not self.layers or len(set(self.layers)) != len(self.layers):
-                raise ConfigError(
-                    f"probe.layers: 'all' or a list of distinct layers, got {list(self.layers)}"
-                )
-            if self.selection != "search":
-                raise ConfigError("probe.layers applies to probe.selection: search")
-
-        if not self.cs or min(self.cs) <= 0:
-            raise ConfigError("probe.cs: give at least one positive C")
-        if not self.topk or min(self.topk) < 1:
-            raise ConfigError("probe.topk: k must be >= 1")
-        if self.shrinkage is not None and not 0.0 <= self.shrinkage <= 1.0:
-            raise ConfigError(f"probe.shrinkage must be in [0, 1] or null, got {self.shrinkage}")
-        for name in self.readouts:
-            READOUTS.get(name)
-        if self.mlp_hidden < 1 or self.mlp_epochs < 1 or self.mlp_batch_size < 1:
-            raise ConfigError("probe: mlp_hidden, mlp_epochs and mlp_batch_size must be >= 1")
-        from bioscale.eval.tasks import TASKS
-
-        for name in self.tasks:
-            TASKS.get(name)
 
 
 def topk_accuracy(proba: np.ndarray, classes: np.ndarray, y: np.ndarray, k: int) -> float:

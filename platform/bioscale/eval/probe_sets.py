@@ -26,8 +26,7 @@ import numpy as np
 
 from bioscale.data.manifest import PERTURBATION_TYPES
 from bioscale.data.splits import SampleIndex
-from bioscale.eval.probe import ROLE_CODES
-from bioscale.eval.tasks import TARGET_PREFIX
+from bioscale.eval.config import ROLE_CODES, TARGET_PREFIX
 from bioscale.objectives.base import Targets
 
 #: Separator of several targets in the manifest's ``target`` column (Drug Repurposing Hub style).

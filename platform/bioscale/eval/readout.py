@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bioscale.registry import Registry
+# READOUTS is declared beside ProbeConfig (which checks names against it); filled here
+from bioscale.eval.config import READOUTS
 
 if TYPE_CHECKING:
-    from bioscale.eval.probe import ProbeConfig
+    from bioscale.eval.config import ProbeConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,11 +48,6 @@ def hits_at_k(proba: np.ndarray, classes: np.ndarray, labels: np.ndarray, k: int
 
 def _val_top1(fitted_proba: np.ndarray, classes: np.ndarray, labels: np.ndarray) -> float:
     return float(hits_at_k(fitted_proba, classes, labels, 1).mean()) if len(labels) else 0.0
-
-
-#: Readouts by name; each is ``fit(z_train, y_train, z_val, y_val, cfg) → FittedReadout`` with
-#: ``y_*`` (n, K) label codes (-1 padding).
-READOUTS: Registry[Callable[..., FittedReadout]] = Registry("probe readout")
 
 
 @READOUTS.register("linear")

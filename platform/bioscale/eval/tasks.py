@@ -19,16 +19,17 @@ from typing import Any
 
 import numpy as np
 
+# TASKS, EvalTask and the probe-batch codes live in bioscale.eval.config (importable by their
+# old path here); the tasks below register themselves into TASKS
+from bioscale.eval.config import ROLE_CODES, TARGET_PREFIX, TASKS, EvalTask, ProbeConfig
 from bioscale.eval.layer_search import Layer, is_embedding_column, layers_of
-from bioscale.eval.probe import ROLE_CODES, ProbeConfig, probe_task
-from bioscale.registry import Registry
+from bioscale.eval.probe import probe_task
 
 log = logging.getLogger(__name__)
 
 #: Columns of a probe batch besides ``x``/``emb`` (targets: ``target_<i>``; ``ptype`` and
 #: ``gene`` only when the data has genetic perturbations).
 CODE_COLUMNS = ("role", "label", "plate", "source", "compound", "well", "ptype", "gene")
-TARGET_PREFIX = "target_"
 #: ``ptype`` codes of genetic perturbations (``bioscale.eval.probe_sets.PTYPE_CODES``).
 GENETIC_PTYPES = (1, 2)
 
@@ -170,32 +171,15 @@ def probe_rows(columns: dict[str, np.ndarray], cfg: ProbeConfig) -> ProbeRows:
     )
 
 
-@dataclass(frozen=True, kw_only=True)
-class EvalTask:
-    """One evaluation task: ``run(rows, cfg)`` → metrics (frozen names)."""
-
-    name: str
-    run: Callable[[ProbeRows, ProbeConfig], dict[str, float]]
-    description: str
-    kinds: tuple[str, ...]  # data kinds (``data.kind``) the task applies to
-    requires: str  # what the data must have, for messages
-    #: the manifest's ``SampleIndex`` → why the task cannot run on it (``None``: it can); a study
-    #: that lists the task fails at plan time with the reason, a default task list drops it
-    refusal: Callable[[Any], str | None] | None = None
-
-
-#: Cell Painting data kinds (wells on plates, with negative controls).
-HCS = ("profiles", "cellpainting")
-
-
-TASKS: Registry[EvalTask] = Registry("evaluation task")
+#: What most tasks read: wells on plates with negative controls, and their task labels.
+PLATES = frozenset({"plates", "labels"})
 
 
 def _task(
     name: str,
     description: str,
     *,
-    kinds: tuple[str, ...] = HCS,
+    needs: frozenset[str] = PLATES,
     requires: str = "",
     refusal: Callable[[Any], str | None] | None = None,
 ):
@@ -206,7 +190,7 @@ def _task(
                 name=name,
                 run=fn,
                 description=description,
-                kinds=kinds,
+                needs=needs,
                 requires=requires or "plates with negative-control wells",
                 refusal=refusal,
             ),
@@ -219,7 +203,7 @@ def _task(
 @_task(
     "moa",
     "MoA (natural images: class) probes, linear + MLP: seen/novel compounds, held-out source",
-    kinds=(*HCS, "natural"),
+    needs=frozenset({"labels"}),
     requires="task labels",
 )
 def _moa(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
@@ -229,6 +213,7 @@ def _moa(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
 @_task(
     "target",
     "target deconvolution probes; multi-label: a hit if any true target is in the top k",
+    needs=PLATES | {"targets"},
     requires="compound targets",
 )
 def _target(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
@@ -368,11 +353,11 @@ def _genetic(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
     return {f"retrieval/genetic/{k}": v for k, v in found.items()}
 
 
-def default_tasks(kind: str) -> tuple[str, ...]:
+def default_tasks(provides: frozenset[str]) -> tuple[str, ...]:
     """Every registered task that applies to data of ``kind`` (a study without ``eval:``); tasks
     that also need something of the manifest (``EvalTask.refusal``) are dropped at plan time
     when it lacks it (``applicable``)."""
-    return tuple(name for name in TASKS if kind in TASKS.get(name).kinds)
+    return tuple(name for name in TASKS if TASKS.get(name).needs <= provides)
 
 
 def applicable(

@@ -1,24 +1,18 @@
-"""Feature visualisation of a finished trial (``bioscale visualize``): MACO on its class logits.
+"""MACO feature visualisation of a trained classifier's logits, and the study report's panels of
+them. ``bioscale.study.posthoc.visualize_run`` finds a finished trial and its data and calls these.
 
-A trial's run id → its grid point and ``LoopConfig`` (the study's plan) → its network, rebuilt
-from the final checkpoint (``weights_only`` loading). The fixed magnitude is the mean amplitude
-spectrum of up to ``images`` manifest images, decoded in-process by the trials' own decode
-functions and normalisation (natural images: ``decode_natural`` at the MACO image size; Cell
-Painting: ``decode_batch`` on whole sites, then resized). Per target logit of the ``y`` head,
-``bioscale.eval.maco.maco`` optimises the phase; ``<out>/visualize/<run_id>/`` receives
-``target-<k>.png`` (RGB, or a dye composite for Cell Painting), ``target-<k>-transparency.png``
-(accumulated |gradient|, summed over channels) and ``maco.json`` (labels, objective before/after,
-seconds, settings), and the folder is logged as the run's ``visualize/`` artifacts (same run).
-
-``report_panels`` gathers those folders for the study report: per objective, the largest rung
-(by N) that has visualisations.
+``render_targets`` optimises, per target logit of the ``y`` head, the phase of an image whose
+magnitude is fixed (``bioscale.eval.maco.maco``) and writes ``target-<k>.png`` (RGB, or a dye
+composite for Cell Painting) and ``target-<k>-transparency.png`` (accumulated |gradient|, summed
+over channels); ``write_summary`` adds ``maco.json`` (labels, objective before/after, seconds,
+settings). ``report_panels`` gathers those folders for the study report: per objective, the
+largest rung (by N) that has visualisations.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from bioscale.errors import BioscaleError, ConfigError
-from bioscale.uri import redact_uri
 
 #: folder of ``<out>`` (and artifact folder of a run) that holds visualisations
 VIS_DIR = "visualize"
@@ -70,57 +63,7 @@ def vis_folder(out_dir: str | Path, run_id: str) -> Path:
     return Path(out_dir) / VIS_DIR / run_id
 
 
-# ------------------------------------------------------------------------------ the trial
-
-
-def find_trial(spec, out_dir: Path, run_id: str, manifest: Path):
-    """``(tracker, trial)`` of a FINISHED trial run of ``spec``'s study.
-
-    Raises:
-        BioscaleError: naming the study and the tracking store when the run is not one of its
-            finished trials, or when the study file no longer plans the run's trial.
-    """
-    from bioscale.study.plan import plan
-    from bioscale.study.runner import tracking_uri
-    from bioscale.study.tracking import Tracker
-
-    tracker = Tracker(tracking_uri(spec, out_dir), artifact_root=out_dir / "mlartifacts")
-    exp = tracker.client.get_experiment_by_name(spec.name)
-    if exp is None:
-        raise BioscaleError(
-            f"no MLflow experiment for study {spec.name!r} in {redact_uri(tracker.uri)}: run the study first "
-            "(or give the --out it ran with)"
-        )
-    finished = tracker.finished_trial_keys(exp.experiment_id)  # {trial key: run id}
-    keys = {r: k for k, r in finished.items()}
-    if run_id not in keys:
-        known = ", ".join(sorted(keys)[:8]) + (" ..." if len(keys) > 8 else "")
-        raise BioscaleError(
-            f"no FINISHED trial run {run_id} in study {spec.name!r} ({redact_uri(tracker.uri)}); its "
-            f"finished trial runs: {known or 'none'}"
-        )
-    trials = {t.key: t for t in plan(spec, manifest).trials}
-    trial = trials.get(keys[run_id])
-    if trial is None:
-        raise BioscaleError(
-            f"trial run {run_id} was trained from another grid, data or training config than "
-            f"study {spec.name!r}'s file; visualise it with the study file it ran with"
-        )
-    return tracker, trial
-
-
-def class_names(spec, manifest: Path, trial) -> list[str] | None:
-    """The trial's ``y`` vocabulary (class index → label), rebuilt from its diet as the planner
-    builds it (``bioscale.study.plan.trial_data``); ``None`` when it does not match the head."""
-    from bioscale.data.diets import select
-    from bioscale.objectives import registry as objectives
-    from bioscale.study.plan import load_index
-
-    index = load_index(spec, manifest)
-    objective = objectives.build(trial.point.objective.name, trial.point.objective.params)
-    rows = select(index, trial.point.diet, objective.train_groups()).rows
-    names = objective.label_space(index, rows).classes.get("y")
-    return names if names is not None and len(names) == trial.loop.num_classes.get("y") else None
+# ------------------------------------------------------------------------------ the classifier
 
 
 def resolve_targets(
@@ -172,60 +115,6 @@ def load_classifier(loop_config, checkpoint: Path, device: str):
     return net, lambda x: net.heads["y"](net.backbone(x))
 
 
-# ------------------------------------------------------------------------------ the spectrum
-
-
-def spectrum_rows(manifest: Path, columns: list[str], images: int) -> dict[str, np.ndarray]:
-    """Up to ``images`` manifest rows (a fixed, evenly spread choice), ``columns`` only."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(manifest, columns=columns)
-    n = table.num_rows
-    take = np.unique(np.linspace(0, n - 1, min(images, n)).round().astype(np.int64))
-    picked = table.take(take)
-    return {c: picked.column(c).to_numpy(zero_copy_only=False) for c in columns}
-
-
-def data_spectrum(spec, manifest: Path, dyes: list[str] | None, size: int, images: int):
-    """(C, size, size//2+1) mean amplitude spectrum of up to ``images`` manifest images decoded
-    as the trials decode them; returns it and the number of images used."""
-    from bioscale.eval.maco import mean_amplitude_spectrum
-
-    image = spec.data.image
-    if spec.data.kind == "natural":
-        from bioscale.data.natural import decode_natural
-
-        rows = spectrum_rows(manifest, ["sample_id", "path_image"], images)
-        rows["path_map"] = np.array([None] * len(rows["sample_id"]), dtype=object)
-        decoded = [decode_natural(rows, size=size, flip=False, seed=0)["x"]]
-    else:
-        from bioscale.data.images import decode_batch
-
-        rows = spectrum_rows(manifest, ["sample_id", *[f"path_{d}" for d in dyes]], images)
-        decoded = []
-        for i in range(len(rows["sample_id"])):  # one site at a time: sites may differ in size
-            out = decode_batch(
-                {k: v[i : i + 1] for k, v in rows.items()},
-                dyes=dyes,
-                crop=None,
-                crop_mode="centre",
-                downsample=image.downsample,
-                rng=0,
-                normalise=image.normalise,
-                bad_sample_policy=image.bad_samples,
-            )
-            decoded.append(out["x"][out["ok"]])
-    total, count = None, 0
-    for x in decoded:
-        if len(x):
-            part = mean_amplitude_spectrum(x, size) * len(x)
-            total = part if total is None else total + part
-            count += len(x)
-    if total is None:
-        raise BioscaleError(f"no readable image among the first rows of {manifest}")
-    return total / count, count
-
-
 # ------------------------------------------------------------------------------ writing
 
 
@@ -245,82 +134,30 @@ def transparency_gray(alpha: np.ndarray) -> np.ndarray:
     return np.clip(total / top, 0.0, 1.0) if top > 0 else np.zeros_like(total)
 
 
-def visualize_run(
-    spec,
-    out_dir: str | Path,
-    run_id: str,
+def render_targets(
+    logits: Callable[[Any], Any],
+    magnitude: np.ndarray,
+    chosen: Sequence[int],
+    names: list[str] | None,
     *,
-    cfg=None,
-    targets: Sequence[str] | None = None,
-    images: int = DEFAULT_SPECTRUM_IMAGES,
-    device: str = "auto",
-    checkpoint: str | Path | None = None,
+    folder: Path,
+    input_size: int,
+    dyes: list[str] | None,
+    cfg,
+    device: str,
     progress: Callable[[str], None] = print,
-) -> Visualization:
-    """Visualise the class logits of one finished trial of ``spec``'s study and log the PNGs to
-    its MLflow run.
+) -> list[TargetImage]:
+    """MACO on each ``chosen`` logit of ``logits`` (``x → (B, K)``), the image's magnitude fixed
+    to ``magnitude`` ((C, S, S//2+1) amplitude spectrum); writes each target's image (RGB, or the
+    composite of ``dyes``) and transparency PNG into ``folder``.
 
     Args:
-        spec: the ``StudySpec`` the trial ran with.
-        out_dir: the study's output folder (tracking store, Ray results, ``visualize/``).
-        run_id: the trial's MLflow run.
-        cfg: ``MacoConfig`` (default: the published settings).
-        targets: class labels or indices of the ``y`` head; default the first
-            ``DEFAULT_TARGETS`` classes.
-        images: manifest images the magnitude spectrum is averaged over, at most.
-        device: ``cpu``, ``cuda`` or ``auto`` (CUDA when available).
-        checkpoint: the trial's checkpoint folder; default its final checkpoint in the study's
-            Ray results.
-        progress: receives one line per step.
-
-    Raises:
-        BioscaleError: a profile study, an unknown run, a run without a classifier head, a
-            missing checkpoint.
+        names: class labels by index (``None``: labelled by index).
+        input_size: side in px of the crops the network sees.
+        cfg: ``MacoConfig``.
     """
-    import torch
+    from bioscale.eval.maco import composite, logit_objective, maco
 
-    from bioscale.eval.maco import DYE_COLOURS, MacoConfig, composite, logit_objective, maco
-    from bioscale.study.plan import study_dyes
-    from bioscale.study.runner import ensure_manifest
-
-    if spec.data.kind == "profiles":
-        raise BioscaleError(
-            f"study {spec.name!r} trains on profiles (data.kind profiles): MACO optimises an "
-            "image, so it needs image rungs (data.kind natural or cellpainting)"
-        )
-    cfg = cfg or MacoConfig()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    out_dir = Path(out_dir).resolve()
-    manifest = ensure_manifest(spec, out_dir)
-    dyes = study_dyes(spec, manifest) if spec.data.kind == "cellpainting" else None
-    if dyes is not None:
-        unknown = [d for d in dyes if d not in DYE_COLOURS]
-        if unknown:
-            raise BioscaleError(
-                f"no composite colour for dye(s) {', '.join(unknown)}; bioscale colours "
-                f"{', '.join(DYE_COLOURS)} (set data.image.dyes to those)"
-            )
-    tracker, trial = find_trial(spec, out_dir, run_id, manifest)
-    _, logits = load_classifier_checked(trial, run_id, checkpoint, out_dir, spec.storage, device)
-    names = class_names(spec, manifest, trial)
-    chosen = resolve_targets(targets, names, trial.loop.num_classes["y"])
-
-    t0 = time.perf_counter()
-    magnitude, used = data_spectrum(spec, manifest, dyes, cfg.image_size, images)
-    progress(
-        f"mean amplitude spectrum of {used} image(s) of {manifest} at {cfg.image_size} px "
-        f"({time.perf_counter() - t0:.1f} s)"
-    )
-    folder = vis_folder(out_dir, run_id)
-    if folder.exists():
-        shutil.rmtree(folder)  # one run's visualisations are those of its last `visualize`
-    folder.mkdir(parents=True)
-    input_size = trial.loop.input_shape[-1]
-    progress(
-        f"run {run_id} ({trial.point.describe()}): {len(chosen)} target(s), {cfg.steps} steps, "
-        f"{cfg.crops} crops of {input_size} px, on {device}"
-    )
     results: list[TargetImage] = []
     for k in chosen:
         label = names[k] if names is not None else str(k)
@@ -344,15 +181,26 @@ def visualize_run(
             f"target {k} ({label}): logit {metrics['maco/objective_start']:.3f} → "
             f"{metrics['maco/objective_end']:.3f} ({metrics['maco/seconds']:.1f} s)"
         )
+    return results
+
+
+def write_summary(
+    folder: Path,
+    results: Sequence[TargetImage],
+    *,
+    about: dict[str, Any],
+    input_size: int,
+    dyes: list[str] | None,
+    spectrum_images: int,
+    cfg,
+) -> Path:
+    """``maco.json`` in ``folder``: ``about`` (run id, study, trial, rung, objective), the
+    settings and one entry per target (its PNGs by file name), as ``report_panels`` reads it."""
     summary = {
-        "run_id": run_id,
-        "study": spec.name,
-        "trial": trial.point.describe(),
-        "rung": trial.point.rung,
-        "objective": trial.point.objective.label(),
+        **about,
         "input_size": input_size,
         "dyes": dyes,
-        "spectrum_images": used,
+        "spectrum_images": spectrum_images,
         "maco": asdict(cfg),
         "targets": [
             {
@@ -363,27 +211,9 @@ def visualize_run(
             for r in results
         ],
     }
-    (folder / SUMMARY).write_text(json.dumps(summary, indent=1))
-    tracker.client.log_artifacts(run_id, str(folder), artifact_path=VIS_DIR)
-    progress(f"wrote {folder} and logged it to run {run_id} as artifacts {VIS_DIR}/")
-    return Visualization(run_id=run_id, folder=folder, targets=results, spectrum_images=used)
-
-
-def load_classifier_checked(
-    trial, run_id: str, checkpoint, out_dir: Path, storage: str | None, device: str
-):
-    """``load_classifier`` on ``checkpoint`` or the trial's final one (in the study's
-    ``storage:`` when set), errors naming the run."""
-    from bioscale.eval.extract import final_checkpoint, trial_folder
-
-    try:
-        if checkpoint is None:
-            checkpoint = final_checkpoint(trial_folder(out_dir, trial.key, storage))
-        return load_classifier(trial.loop, Path(checkpoint), device)
-    except FileNotFoundError as err:
-        raise BioscaleError(f"run {run_id}: {err}") from None
-    except BioscaleError as err:
-        raise BioscaleError(f"run {run_id} ({trial.point.describe()}): {err}") from None
+    path = folder / SUMMARY
+    path.write_text(json.dumps(summary, indent=1))
+    return path
 
 
 # ------------------------------------------------------------------------------ the report

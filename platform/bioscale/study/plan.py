@@ -15,18 +15,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from bioscale.config import from_mapping, to_mapping
+from bioscale.data import kinds
 from bioscale.data import manifest as mf
-from bioscale.data import natural
 from bioscale.data.diets import Diet, select
-from bioscale.data.pipeline import manifest_has_maps
 from bioscale.data.splits import ROLES_VERSION, SampleIndex
-from bioscale.errors import ConfigError, ManifestError
-from bioscale.eval.probe import ProbeConfig
+from bioscale.errors import ConfigError
+from bioscale.eval.config import ProbeConfig
+from bioscale.eval.final import FinalConfig
 from bioscale.eval.trial_alignment import (
     MAP_EVALUATIONS,
     AlignmentConfig,
@@ -36,7 +32,8 @@ from bioscale.eval.trial_alignment import (
 from bioscale.objectives import registry as objectives
 from bioscale.objectives.base import Objective, Targets
 from bioscale.study.spec import ObjectiveSpec, StudySpec
-from bioscale.train.loop import LoopConfig
+from bioscale.train import measure
+from bioscale.train.config import LoopConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +78,8 @@ class Trial:
     point: GridPoint
     key: str
     loop: LoopConfig
+    #: what the trial evaluates after training (probes, alignment): the final-evaluation hook's
+    final: FinalConfig
     params: dict[str, Any]
     planned_samples: int
     #: evaluations of the study's ``alignment:`` this trial skips, each with the reason
@@ -106,7 +105,9 @@ class TrialData:
 @dataclass(frozen=True, kw_only=True)
 class StudyPlan:
     spec: StudySpec
-    manifest: mf.ManifestInfo
+    manifest: kinds.Manifest
+    #: the evaluation every trial runs: the study's, narrowed to what the manifest can feed
+    probe: ProbeConfig
     trials: list[Trial]
     dropped: list[tuple[GridPoint, str]]
     #: runnable trials that skip some of the study's evaluations, with the reason
@@ -223,29 +224,11 @@ def trial_data(index: SampleIndex, point: GridPoint) -> tuple[TrialData, dict[st
 def _size_and_flops(
     rung: str, input_shape: tuple[int, ...], objective_json: str, num_classes_json: str
 ) -> tuple[int, int, str, float]:
-    """(N, N_heads, family, flops_per_sample) of a rung under an objective, measured once."""
-    import torch
-
-    from bioscale.models.flops import training_step_flops
-    from bioscale.models.ladder import count_parameters, get_rung
-    from bioscale.train.loop import Network
-
-    obj = json.loads(objective_json)
-    num_classes = json.loads(num_classes_json)
-    objective = objectives.build(obj["name"], obj["params"])
-    rung_cfg = get_rung(rung)
-    backbone = objective.prepare_backbone(rung_cfg.build(input_shape))
-    heads = objective.build_heads(backbone.embed_dim, num_classes)
-    net = Network(backbone, heads)
-    gen = torch.Generator().manual_seed(0)
-    batch = {"x": torch.randn(4, *input_shape, generator=gen)}
-    for col, n in num_classes.items():
-        batch[col] = torch.randint(0, max(n, 1), (4,), generator=gen)
-    if objective.needs_maps:  # every image with a map: the most a step can cost
-        batch["map"] = torch.rand(4, *input_shape[1:], generator=gen)
-        batch["has_map"] = torch.ones(4, dtype=torch.bool)
-    flops = training_step_flops(net, objective, batch)
-    return count_parameters(backbone), count_parameters(heads), rung_cfg.family, flops
+    """(N, N_heads, family, flops_per_sample) of a rung under an objective, measured once (in a
+    helper process unless torch is loaded here: ``bioscale.train.measure``)."""
+    return measure.size_and_flops(
+        rung, input_shape, json.loads(objective_json), json.loads(num_classes_json)
+    )
 
 
 def resolve(
@@ -256,8 +239,10 @@ def resolve(
     position: int,
     sha_of_code: str,
     input_shape: tuple[int, ...],
+    probe: ProbeConfig | None = None,
 ) -> tuple[Trial, TrialData]:
-    """Resolve one grid point into a runnable trial (sizes, budget, lr, key, params)."""
+    """Resolve one grid point into a runnable trial (sizes, budget, lr, key, params); ``probe``:
+    the evaluation the trial runs (default the study's, ``check_eval_data`` narrows it)."""
     data, num_classes = trial_data(index, point)
     alignment, notes = trial_alignment(spec.alignment, point, num_classes)
     n_params, n_heads, family, flops = _size_and_flops(
@@ -288,17 +273,18 @@ def resolve(
         precision=trial_precision(spec),
         channels_last=spec.train.channels_last,
         compile=spec.train.compile,
-        probe=spec.probe,
-        # workers run in other directories: dataset folders as absolute paths
-        alignment=alignment.resolved(Path.cwd()) if alignment is not None else None,
         flops_per_sample=flops,
     )
-    # evaluation settings are not part of a trial's identity: adding a task or changing a
-    # probe re-evaluates finished trials (``bioscale evaluate``) instead of retraining them
-    config = to_mapping(
-        replace(loop, flops_per_sample=0.0, report_interval_s=0.0, probe=ProbeConfig())
+    final = FinalConfig(
+        probe=probe or spec.probe,
+        # workers run in other directories: dataset folders as absolute paths
+        alignment=alignment.resolved(Path.cwd()) if alignment is not None else None,
     )
-    del config["alignment"]  # below, as written (keys do not depend on where the study runs)
+    config = to_mapping(replace(loop, flops_per_sample=0.0, report_interval_s=0.0))
+    # evaluation settings are not part of a trial's identity: adding a task or changing a probe
+    # re-evaluates finished trials (``bioscale evaluate``) instead of retraining them. Keys keep
+    # the layout they had when the loop config held the evaluation: default probe, task ``moa``
+    config |= {"probe": to_mapping(ProbeConfig()), "probe_task": "moa"}
     if config["weight_decay_mode"] == "decoupled":  # the only mode before coupled existed: the
         del config["weight_decay_mode"]  # keys of trials trained with it stay valid
     splits = asdict(spec.data.splits)
@@ -319,12 +305,9 @@ def resolve(
         identity["decay_groups"] = DECAY_GROUPS_VERSION
     if alignment is not None:  # nothing re-runs these after the fact: they are part of the trial
         identity["alignment"] = to_mapping(alignment)
-    if spec.data.kind != "profiles":  # how pixels become tensors changes what a trial learns
-        identity["image"] = asdict(spec.data.image)
-    if spec.data.kind == "natural":  # how human maps are blurred changes what a trial sees
-        identity["maps"] = asdict(spec.data.maps)
-    if spec.data.non_finite != "error":  # samples left out: another data set
-        identity["non_finite"] = spec.data.non_finite
+        if set(MAP_EVALUATIONS) & set(alignment.enabled()):  # measured on probe-test images
+            identity["alignment_images"] = "probe_test"  # (before: the early-stopping ones)
+    identity |= kinds.get(spec.data.kind).identity(spec.data)  # e.g. how pixels become tensors
     if spec.probe.selection != "last":  # a run's metrics are either last-layer or searched
         identity["probe_selection"] = to_mapping([spec.probe.selection, spec.probe.layers])
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -358,6 +341,7 @@ def resolve(
             point=point,
             key=key,
             loop=loop,
+            final=final,
             params=params,
             planned_samples=planned,
             notes=notes,
@@ -380,7 +364,7 @@ def trial_alignment(
     return alignment.without(needs_head), (f"{', '.join(needs_head)}: {refusal}",)
 
 
-def check_alignment(spec: StudySpec, manifest_path: str | Path) -> None:
+def check_alignment(spec: StudySpec, manifest: kinds.Manifest) -> None:
     """Before any compute: the manifest has the human maps saliency and adversarial alignment
     compare with, every neural and 3D-PC folder is complete, and every rung has the neural
     ``layers``. Relative folders are taken from the current directory."""
@@ -388,10 +372,10 @@ def check_alignment(spec: StudySpec, manifest_path: str | Path) -> None:
     if cfg is None:
         return
     maps = [n for n in MAP_EVALUATIONS if n in cfg.enabled()]
-    if maps and not manifest_has_maps(manifest_path):
+    if maps and not manifest.has_maps:
         raise ConfigError(
             f"alignment.{maps[0]} needs images with human importance maps; manifest "
-            f"{manifest_path} has none (natural images: fill path_map, e.g. "
+            f"{manifest.path} has none (natural images: fill path_map, e.g. "
             "`bioscale data import natural` with maps/; Cell Painting: a path_map column). "
             f"Remove {', '.join(maps)} from alignment: or use a manifest with maps."
         )
@@ -416,74 +400,32 @@ def check_alignment(spec: StudySpec, manifest_path: str | Path) -> None:
 
 
 def inspect_manifest(spec: StudySpec, manifest_path: str | Path) -> mf.ManifestInfo:
-    """Validate and hash the study's manifest, whatever its kind."""
-    if spec.data.kind == "natural":
-        return natural.inspect(manifest_path)
-    return mf.inspect(manifest_path)
+    """Validate and hash the study's manifest, as its data kind reads it."""
+    return kinds.get(spec.data.kind).inspect(manifest_path)
 
 
 def load_index(spec: StudySpec, manifest_path: str | Path) -> SampleIndex:
-    """The manifest's metadata and fixed roles (the same in the driver and every trial).
-
-    With ``data.non_finite: drop``, profiles holding NaN/±Inf features are left out before roles
-    are assigned, as if they were not in the manifest (``check_finite`` refuses them otherwise).
-    """
-    if spec.data.kind == "natural":
-        table = natural.metadata_table(manifest_path)
-    else:
-        table = mf.read_metadata(manifest_path)
-    if table.num_rows == 0:
-        raise ManifestError(
-            f"manifest {manifest_path} has no rows; import or generate samples into it first"
-        )
-    if spec.data.kind == "profiles" and spec.data.non_finite == "drop":
-        bad = mf.non_finite_features(manifest_path)
-        if bad:
-            keep = ~np.isin(
-                np.asarray(table.column("sample_id").to_pylist(), dtype=object), list(bad)
-            )
-            table = table.filter(pa.array(keep))
-    return SampleIndex.from_table(table, spec.data.splits)
-
-
-def check_finite(spec: StudySpec, manifest_path: str | Path) -> None:
-    """Profiles with NaN/±Inf features are refused before any compute, naming the samples and
-    features (``data.non_finite: drop`` leaves them out instead, ``load_index``)."""
-    if spec.data.kind != "profiles":
-        return
-    bad = mf.non_finite_features(manifest_path)
-    if not bad:
-        return
-    if spec.data.non_finite == "drop":
-        log.warning("data.non_finite: drop: %d sample(s) with NaN/Inf features left out", len(bad))
-        return
-    shown = "; ".join(f"{sid}: {what}" for sid, what in list(bad.items())[:5])
-    raise ManifestError(
-        f"manifest {manifest_path}: {len(bad)} sample(s) hold NaN or infinite features ({shown}"
-        f"{'; ...' if len(bad) > 5 else ''}). Fix or impute them upstream, or set "
-        "data.non_finite: drop in the study to leave those samples out."
-    )
+    """The manifest's metadata and fixed roles (the same in the driver and every trial;
+    ``bioscale.data.kinds.read_index``)."""
+    return kinds.read_index(spec.data, manifest_path)
 
 
 def trial_precision(spec: StudySpec) -> str:
     """``train.precision`` resolved for the trial's workers: ``auto`` means bf16 on GPU workers and
-    on CPUs with native bf16 (checked here, on the driver: local studies run on this machine)."""
+    on CPUs with native bf16 (checked for this machine, where local studies run, by
+    ``bioscale.train.measure``)."""
     if spec.train.precision != "auto":
         return spec.train.precision
     if spec.resources.gpus_per_worker > 0:
         return "bf16"
-    import torch
-
-    from bioscale.train.precision import bf16_native
-
-    return "bf16" if bf16_native(torch.device("cpu")) else "fp32"
+    return "bf16" if measure.cpu_bf16_native() else "fp32"
 
 
 def _check_probe_sets(index: SampleIndex, spec: StudySpec) -> None:
-    """Every probe set needs samples, or the probe cannot be fit, selected or scored (natural
-    images need no novel classes)."""
+    """Every probe set needs samples, or the probe cannot be fit, selected or scored (kinds whose
+    classifiers cannot name never-seen labels, natural images, need no novel ones)."""
     roles = ["probe_train", "probe_val", "probe_test"]
-    if spec.data.kind != "natural":
+    if kinds.get(spec.data.kind).novel_labels:
         roles.append("novel_test")
     for role in roles:
         if len(index.where(role=role)) == 0:
@@ -496,65 +438,44 @@ def _check_probe_sets(index: SampleIndex, spec: StudySpec) -> None:
             )
 
 
-def check_eval_data(spec: StudySpec, index: SampleIndex) -> None:
-    """Evaluation tasks the manifest cannot feed (``genetic`` without ORF/CRISPR wells): listed in
-    ``eval:``, the study fails naming why; from the default list they are dropped (logged)."""
+def check_eval_data(spec: StudySpec, index: SampleIndex) -> ProbeConfig:
+    """The study's evaluation narrowed to what the manifest can feed: tasks it cannot
+    (``genetic`` without ORF/CRISPR wells) fail the study when ``eval:`` lists them, naming why,
+    and are dropped (logged) from the default list. The spec itself is left as it was loaded."""
     from bioscale.eval.tasks import applicable
 
     tasks, reasons = applicable(spec.probe.tasks, index, explicit=spec.eval is not None)
     for reason in reasons:
         log.info("evaluation task not applicable to this data, dropped: %s", reason)
-    if tasks != spec.probe.tasks:  # the spec's validated tasks, narrowed once for this manifest
-        object.__setattr__(spec, "probe", replace(spec.probe, tasks=tasks))
+    return replace(spec.probe, tasks=tasks)
 
 
 def study_dyes(spec: StudySpec, manifest_path: str | Path) -> list[str]:
-    """The channel order of an image study: ``data.image.dyes`` or the manifest's dyes."""
-    available = mf.dyes_of(pq.read_schema(manifest_path), str(manifest_path))
-    dyes = spec.data.image.dyes or available
-    missing = [d for d in dyes if d not in available]
-    if missing:
-        raise ConfigError(
-            f"data.image.dyes: {', '.join(missing)} not in manifest {manifest_path} "
-            f"(it has {', '.join(available)})"
-        )
-    return list(dyes)
+    """The channel order of an image study (Cell Painting: ``data.image.dyes`` or the
+    manifest's dyes)."""
+    channels = kinds.get(spec.data.kind).channels(spec.data, manifest_path)
+    if channels is None:
+        raise ConfigError(f"data.kind {spec.data.kind!r} has no named channels")
+    return channels
 
 
 def sample_shape(
     spec: StudySpec, info: mf.ManifestInfo, manifest_path: str | Path
 ) -> tuple[int, ...]:
     """One training sample's shape: (F,) for profiles, (C, crop, crop) for image crops."""
-    if spec.data.kind == "profiles":
-        if info.n_features is None:
-            raise mf.ManifestError(
-                f"manifest {manifest_path} has no 'features' column; data.kind 'profiles' needs "
-                "a profile manifest (or set data.kind: cellpainting for an image manifest)"
-            )
-        return (info.n_features,)
-    if spec.data.kind == "natural":
-        return (3, spec.data.image.crop, spec.data.image.crop)
-    if info.n_features is not None:
-        raise mf.ManifestError(
-            f"manifest {manifest_path} holds profiles; data.kind 'cellpainting' needs an image "
-            "manifest (path_<Dye> columns)"
-        )
-    image = spec.data.image
-    return (len(study_dyes(spec, manifest_path)), image.crop, image.crop)
+    return kinds.get(spec.data.kind).sample_shape(spec.data, info, manifest_path)
 
 
 def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
-    """Resolve every grid point of ``spec`` against the manifest."""
-    info = inspect_manifest(spec, manifest_path)
-    input_shape = sample_shape(spec, info, manifest_path)
-    check_finite(spec, manifest_path)
-    index = load_index(spec, manifest_path)
+    """Resolve every grid point of ``spec`` against the manifest (opened once, here)."""
+    manifest = kinds.open_manifest(spec.data, manifest_path)
+    info, index, input_shape = manifest.info, manifest.index, manifest.sample_shape
     _check_probe_sets(index, spec)
-    check_eval_data(spec, index)
-    check_alignment(spec, manifest_path)
+    probe = check_eval_data(spec, index)
+    check_alignment(spec, manifest)
     points, dropped = expand(spec)
     code = git_sha(Path(__file__).parent)
-    has_maps = spec.data.kind != "profiles" and manifest_has_maps(manifest_path)
+    has_maps = manifest.has_maps
     trials = []
     for i, point in enumerate(points):
         if objectives.get(point.objective.name).needs_maps and not has_maps:
@@ -570,7 +491,7 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
         if refusal is not None:
             dropped.append((point, refusal))
             continue
-        trial, _ = resolve(spec, info, index, point, i, code, input_shape)
+        trial, _ = resolve(spec, info, index, point, i, code, input_shape, probe=probe)
         if trial.params["D_samples"] == 0:
             dropped.append((point, "the diet leaves no training samples for this objective"))
             continue
@@ -581,4 +502,6 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
     if not trials:
         reasons = "; ".join(sorted({why for _, why in dropped})) or "the grid is empty"
         raise ConfigError(f"study {spec.name!r} has no runnable trial: {reasons}")
-    return StudyPlan(spec=spec, manifest=info, trials=trials, dropped=dropped, skipped=skipped)
+    return StudyPlan(
+        spec=spec, manifest=manifest, probe=probe, trials=trials, dropped=dropped, skipped=skipped
+    )

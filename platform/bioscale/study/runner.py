@@ -4,6 +4,7 @@ each a Ray Train ``TorchTrainer`` fed by Ray Data) → MLflow, logged only from 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -17,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from bioscale.config import to_mapping
+from bioscale.data import kinds
 from bioscale.errors import BioscaleError, ConfigError, TrackingError
 from bioscale.eval.layer_search import CURVES_ARTIFACT
 from bioscale.names import NODE_IDS
 from bioscale.study.lock import OutputLock, StudyLease
+from bioscale.study.payload import TrialPayload, payloads
 from bioscale.study.plan import StudyPlan, plan
-from bioscale.study.spec import StudySpec
+from bioscale.study.spec import DataSpec, StudySpec
 from bioscale.study.spool import TrialWriter, replay_spool, spool_path
-from bioscale.study.tracking import Tracker, default_uri
+from bioscale.study.tracking import Tracker, default_uri, open_tracker, tracking_uri
 from bioscale.uri import redact_uri
 
 Progress = Callable[[str], None]
@@ -99,10 +102,6 @@ def ensure_manifest(spec: StudySpec, out_dir: Path, progress: Progress = _print)
     return path
 
 
-def tracking_uri(spec: StudySpec, out_dir: Path) -> str:
-    return spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(out_dir)
-
-
 def storage_path(spec: StudySpec, out_dir: Path) -> str:
     """Where Ray Train/Tune keep checkpoints: ``spec.storage`` (shared by every node on a cluster)
     or ``<out>/ray_results``."""
@@ -168,7 +167,7 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> None:
     )
 
 
-def _trial_fn(config: dict[str, Any]) -> None:
+def _trial_fn(config: dict[str, Any], payloads: dict[str, TrialPayload]) -> None:
     """One Tune trial: build the trial's Ray Datasets and run a ``TorchTrainer`` on them."""
     import ray.data
     import ray.tune
@@ -176,33 +175,34 @@ def _trial_fn(config: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from bioscale.study.datasets import trial_datasets
-    from bioscale.study.plan import GridPoint, load_index, trial_data
+    from bioscale.eval.final import final_metrics
+    from bioscale.study.plan import trial_data
     from bioscale.train.ray_worker import train_worker
 
     t0 = time.perf_counter()
-    payload = config["trial"]
-    spec = StudySpec.from_dict(payload["study"])
-    manifest = payload["manifest"]
-    res = spec.resources
-    index = load_index(spec, manifest)
-    data, _ = trial_data(index, GridPoint.from_dict(payload["point"]))
+    payload = payloads[config["trial"]]  # Tune's grid runs over trial keys
+    res = payload.resources
+    index = kinds.read_index(payload.data, payload.manifest)  # the trial's one manifest read
+    data, _ = trial_data(index, payload.point)
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     skips = None
-    if spec.data.kind == "cellpainting" and spec.data.image.bad_samples == "skip":
+    if payload.kind.skips_bad_samples(payload.data):
         from bioscale.data.pipeline import skip_ledger
 
         skips = skip_ledger()
-    datasets = trial_datasets(spec, manifest, index, data, skips=skips)
+    datasets = payload.datasets(index, data, skips=skips)
     use_gpu = res.gpus_per_worker > 0
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if use_gpu else {})
     trainer = TorchTrainer(
-        train_worker,
+        # the loop's final evaluation (probes, alignment) is wired here: train never imports eval
+        functools.partial(
+            train_worker, final=functools.partial(final_metrics, final=payload.final)
+        ),
         train_loop_config={
-            "loop": payload["loop"],
-            "batch_size_per_worker": max(2, spec.train.batch_size // res.workers_per_trial),
-            "runtime": to_mapping(_worker_runtime(spec)),  # DDP buckets, batch feed
+            "loop": to_mapping(payload.loop),
+            "batch_size_per_worker": payload.batch_size_per_worker,
+            "runtime": to_mapping(payload.runtime),  # DDP buckets, batch feed
         },
         scaling_config=ScalingConfig(
             num_workers=res.workers_per_trial,
@@ -213,8 +213,8 @@ def _trial_fn(config: dict[str, Any]) -> None:
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
-            name=f"trial-{payload['key'][:16]}",
-            storage_path=payload["storage"],
+            name=f"trial-{payload.key[:16]}",
+            storage_path=payload.storage,
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=res.max_failures),
         ),
@@ -224,31 +224,22 @@ def _trial_fn(config: dict[str, Any]) -> None:
         raise result.error
     closing: dict[str, Any] = {}
     if skips is not None:
-        closing = _skipped(ray.get(skips.entries.remote()), len(data.train.rows), spec)
+        closing = _skipped(ray.get(skips.entries.remote()), len(data.train.rows), payload.data)
     ray.tune.report({"perf/trial_seconds": time.perf_counter() - t0, "trial_complete": 1} | closing)
-
-
-def _worker_runtime(spec: StudySpec):
-    """The workers' DDP and feed settings; image studies never cache an epoch (each epoch
-    draws fresh random crops)."""
-    runtime = spec.train.worker_runtime()
-    if spec.data.kind == "profiles":
-        return runtime
-    return replace(runtime, feed=replace(runtime.feed, cache_mib=0))
 
 
 #: The trial artifact listing the image sites ``bad_samples: skip`` dropped (sample id → error).
 SKIPPED_ARTIFACT = "skipped_samples.json"
 
 
-def _skipped(entries: dict[str, str], n_train: int, spec: StudySpec) -> dict[str, Any]:
+def _skipped(entries: dict[str, str], n_train: int, data: DataSpec) -> dict[str, Any]:
     """What a trial reports of the sites it skipped; past ``max_skipped`` the trial fails."""
-    limit = spec.data.image.max_skipped * n_train
+    limit = data.image.max_skipped * n_train
     if len(entries) > limit:
         first = "; ".join(f"{k}: {v}" for k, v in sorted(entries.items())[:3])
         raise BioscaleError(
             f"{len(entries)} image sites could not be read, more than data.image.max_skipped="
-            f"{spec.data.image.max_skipped:g} of the trial's {n_train} training sites (first: "
+            f"{data.image.max_skipped:g} of the trial's {n_train} training sites (first: "
             f"{first}). Fix the files (`bioscale data check` lists every bad one) or raise "
             "max_skipped."
         )
@@ -275,22 +266,23 @@ def _failure_reason(trial) -> str | None:
 
 
 def probe_summary(kind: str, metrics: dict[str, Any]) -> str:
-    """The one probe number a trial's console line shows, worded for the data kind: MoA top-1
-    (novel compounds when there are any) for screens, class top-1 on held-out images for
-    natural images."""
-    natural = kind == "natural"
-    for split, words in (
-        ("novel_compounds", "novel classes" if natural else "novel compounds"),
-        ("seen_compounds", "held-out images" if natural else "held-out wells of seen compounds"),
-    ):
+    """The one probe number a trial's console line shows, in the data kind's words: MoA top-1
+    (novel compounds when there are any) for screens, class top-1 on held-out images for natural
+    images."""
+    words = kinds.get(kind).wording
+    for split, where in (("novel_compounds", words.novel), ("seen_compounds", words.held_out)):
         value = metrics.get(f"probe/moa/{split}/top1")
         if value is not None:
-            return f"{'class' if natural else 'MoA'} top-1 on {words} {value:.3f}"
-    return "no class probe" if natural else "no MoA probe"
+            return f"{words.label} top-1 on {where} {value:.3f}"
+    return f"no {words.label} probe"
 
 
 def _make_callback(
-    writer: TrialWriter, total: int, progress: Progress, earlier_runs: dict[str, str]
+    writer: TrialWriter,
+    total: int,
+    progress: Progress,
+    earlier_runs: dict[str, str],
+    by_key: dict[str, TrialPayload],
 ):
     from ray.tune import Callback
 
@@ -322,22 +314,20 @@ def _make_callback(
             self.logged_epochs[key] = max([last, *epochs])
 
         def _key(self, trial) -> str:
-            return trial.config["trial"]["key"]
+            return trial.config["trial"]
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            payload = trial.config["trial"]
-            key = payload["key"]
+            payload = by_key[trial.config["trial"]]
+            key = payload.key
             if key not in self.opened:
-                writer.start(key, payload["name"], payload["params"], self.earlier.get(key))
+                writer.start(key, payload.name, payload.params, self.earlier.get(key))
                 self.opened.add(key)
                 if key in self.earlier:  # what the interrupted attempt had logged
                     self.logged_epochs[key] = writer.tracker.last_step(
                         self.earlier[key], "train/loss"
                     )
             again = " (continuing its earlier run)" if key in self.earlier else ""
-            progress(
-                f"  ▶ trial {payload['position'] + 1}/{total} started{again}: {payload['describe']}"
-            )
+            progress(f"  ▶ trial {payload.position + 1}/{total} started{again}: {payload.describe}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             key = self._key(trial)
@@ -355,7 +345,7 @@ def _make_callback(
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             key = self._key(trial)
-            payload = trial.config["trial"]
+            payload = by_key[trial.config["trial"]]
             last = self.last.get(key, {})
             if "trial_complete" not in last or "final" not in last:
                 self.on_trial_error(iteration, trials, trial)
@@ -370,10 +360,10 @@ def _make_callback(
                     writer.text(key, name, last[name])
             writer.finish(key, "FINISHED")
             self.finished += 1
-            self.done[key] = f"finished: {payload['describe']}"
-            probe = probe_summary(payload["study"]["data"].get("kind", "profiles"), last)
+            self.done[key] = f"finished: {payload.describe}"
+            probe = probe_summary(payload.data.kind, last)
             progress(
-                f"  ✓ trial {payload['position'] + 1}/{total} finished in "
+                f"  ✓ trial {payload.position + 1}/{total} finished in "
                 f"{last.get('perf/trial_seconds', 0.0):.1f} s "
                 f"({int(last.get('train/epochs', 0))} epochs, "
                 f"{last.get('compute/seconds', 0.0):.1f} s training): {probe}"
@@ -381,16 +371,16 @@ def _make_callback(
 
         def on_trial_error(self, iteration, trials, trial, **info):
             key = self._key(trial)
-            payload = trial.config["trial"]
+            payload = by_key[trial.config["trial"]]
             if key in self.opened:
                 writer.finish(key, "FAILED")
             self.unsaved.pop(key, None)  # trained again from the last checkpoint on resume
             self.failed += 1
-            self.done[key] = f"failed:   {payload['describe']}"
+            self.done[key] = f"failed:   {payload.describe}"
             where = getattr(trial, "error_file", None) or getattr(trial, "path", "")
             reason = _failure_reason(trial)
             progress(
-                f"  ✗ trial {payload['position'] + 1}/{total} FAILED: {payload['describe']}"
+                f"  ✗ trial {payload.position + 1}/{total} FAILED: {payload.describe}"
                 + (f": {reason}" if reason else "")
                 + f" (error log: {where})"
             )
@@ -457,9 +447,7 @@ def _run_locked(
     proceed: bool,
 ) -> StudyRun:
     uri = tracking_uri(spec, out)
-    tracker = Tracker(
-        uri, artifact_root=out / "mlartifacts", retry_seconds=spec.tracking.retry_seconds
-    )
+    tracker = open_tracker(spec, out, uri=uri)
     if resume:
         exp = tracker.client.get_experiment_by_name(spec.name)
         if exp is None or not tracker.runs(exp.experiment_id, "study"):
@@ -567,7 +555,7 @@ def _run_study_run(
 
 
 def _trial_name(trial) -> str:
-    return f"tune-{trial.config['trial']['key'][:16]}"
+    return f"tune-{trial.config['trial'][:16]}"
 
 
 def _tune(
@@ -613,28 +601,14 @@ def _tune(
         + hashlib.sha256("".join(sorted(t.key for t in pending)).encode()).hexdigest()[:10]
     )
     _clear(f"{storage}/{name}")  # an interrupted attempt at the same pending set: start clean
-    study_dict = spec.to_dict()
-    payloads = [
-        {
-            "key": t.key,
-            "position": t.index,
-            "name": f"{t.params['rung']}|{t.params['objective']}|"
-            f"{t.params['diet']}|seed{t.params['seed']}",
-            "describe": t.point.describe(),
-            "point": t.point.as_dict(),
-            "loop": to_mapping(t.loop),
-            "params": t.params,
-            "study": study_dict,
-            "manifest": study_plan.manifest.path,
-            "storage": str(storage),
-        }
-        for t in pending
-    ]
+    runs = payloads(spec, study_plan, pending, storage)
     writer = TrialWriter(tracker, experiment_id, parent_id, progress=progress)
-    callback = _make_callback(writer, len(study_plan.trials), progress, earlier)
+    by_key = {p.key: p for p in runs}
+    callback = _make_callback(writer, len(study_plan.trials), progress, earlier, by_key)
     tuner = tune.Tuner(
-        tune.with_resources(_trial_fn, {"CPU": 0.01}),
-        param_space={"trial": tune.grid_search(payloads)},
+        # each trial's payload travels through the object store; Tune's grid is over the keys
+        tune.with_resources(tune.with_parameters(_trial_fn, payloads=by_key), {"CPU": 0.01}),
+        param_space={"trial": tune.grid_search(list(by_key))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrent,
             reuse_actors=False,
@@ -657,10 +631,10 @@ def _tune(
         sys.stdout.flush()
         # Tune ends its run on Ctrl-C (SIGINT) and returns as if done: trials that reached
         # neither FINISHED nor FAILED were stopped, and their runs say so
-        stopped = [p for p in payloads if p["key"] not in callback.done]
+        stopped = [p for p in runs if p.key not in callback.done]
         for p in stopped:
-            if p["key"] in callback.opened:
-                writer.finish(p["key"], "KILLED")
+            if p.key in callback.opened:
+                writer.finish(p.key, "KILLED")
         spooled = writer.close(spool_path(out), wait_s=spec.tracking.retry_seconds)
         if spooled:
             progress(
@@ -676,8 +650,8 @@ def _tune(
     if stopped:
         raise StudyInterrupted(
             finished=[callback.done[k] for k in callback.done],
-            stopped=[p["describe"] for p in stopped if p["key"] in callback.opened],
-            not_started=sum(p["key"] not in callback.opened for p in stopped),
+            stopped=[p.describe for p in stopped if p.key in callback.opened],
+            not_started=sum(p.key not in callback.opened for p in stopped),
             already_done=len(study_plan.trials) - len(pending),
         )
     return callback.finished, callback.failed
@@ -695,10 +669,10 @@ def _concurrency(spec, address: str | None, progress: Progress) -> int:
 
     res = spec.resources
     data_cpus = res.data_cpus_per_task
-    if spec.data.kind != "profiles":
+    streaming = kinds.get(spec.data.kind).streams
+    if streaming:  # decoding tasks hold their CPUs for the whole trial
         data_cpus = max(data_cpus, spec.data.image.decode_cpus)
     cluster = capacity.Cluster.from_ray_nodes(address or "local", ray.nodes())
-    streaming = spec.data.kind != "profiles"
     report = capacity.check_fit(
         replace(res, data_cpus_per_task=data_cpus), cluster, streaming=streaming
     )

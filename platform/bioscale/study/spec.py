@@ -16,33 +16,17 @@ from typing import Any, Literal
 import yaml
 
 from bioscale.config import from_mapping, to_mapping
+from bioscale.data import kinds
 from bioscale.data.diets import Diet
 from bioscale.data.natural import MapConfig
 from bioscale.data.splits import SplitConfig
 from bioscale.data.synth import SynthProfilesConfig
 from bioscale.errors import ConfigError
-from bioscale.eval.probe import ProbeConfig
+from bioscale.eval.config import ProbeConfig
 from bioscale.eval.trial_alignment import AlignmentConfig
 from bioscale.objectives.base import WeightDecayMode
 from bioscale.train.rules import Budget, EarlyStopping, LRRule
 from bioscale.train.runtime import DdpConfig, FeedConfig, WorkerRuntime
-
-#: Evaluation task names a study's ``eval:`` may list (``bioscale.eval.tasks.TASKS``); omitted,
-#: every task that applies to the data kind runs (``genetic`` only when the manifest has genetic
-#: perturbations: ``bioscale study plan`` checks the manifest).
-EVAL_TASKS = (
-    "moa",
-    "target",
-    "leakage",
-    "replicate_retrieval",
-    "moa_retrieval",
-    "rediscovery",
-    "genetic",
-)
-EvalTaskName = Literal[
-    "moa", "target", "leakage", "replicate_retrieval", "moa_retrieval", "rediscovery", "genetic"
-]
-
 
 #: A study name: the MLflow experiment, the Ray Tune run and output folders are named after it,
 #: and MLflow search filters quote it, so it holds no quote, slash, space or control character.
@@ -101,7 +85,9 @@ class DataSpec:
     """Where the samples come from: a manifest, or a synthetic screen generated into the output
     folder. ``kind`` says what a sample is: a well profile or a Cell Painting image site."""
 
-    kind: Literal["profiles", "cellpainting", "natural"] = "profiles"
+    #: what a sample is: a registered data kind (``bioscale.data.kinds``: profiles,
+    #: cellpainting, natural)
+    kind: str = "profiles"
     manifest: str | None = None
     synthetic: SynthProfilesConfig | None = None
     splits: SplitConfig = field(default_factory=SplitConfig)
@@ -119,16 +105,11 @@ class DataSpec:
                 "data: set exactly one of 'manifest' (a Parquet manifest) or "
                 "'synthetic' (generate a synthetic screen)"
             )
-        if self.synthetic is not None and self.kind != "profiles":
-            raise ConfigError(
-                "data.synthetic generates profiles; for images run `bioscale data synth images` "
-                "and point data.manifest at its manifest"
-            )
-        if self.maps != MapConfig() and self.kind != "natural":
-            raise ConfigError(
-                f"data.maps sets how natural images' human maps are blurred (data.kind natural); "
-                f"data.kind {self.kind!r} does not read it: remove data.maps"
-            )
+        try:
+            kind = kinds.get(self.kind)
+        except ConfigError as err:
+            raise ConfigError(f"data.kind: {err}") from None
+        kind.validate(self)  # which of the settings below apply to this kind of sample
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,7 +231,10 @@ class StudySpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     exclude: list[dict[str, Any]] = field(default_factory=list)
     train: TrainSpec = field(default_factory=TrainSpec)
-    eval: list[EvalTaskName] | None = None
+    #: evaluation tasks, checked against the one registry of them (``bioscale.eval.config.TASKS``);
+    #: omitted, every task that applies to the data kind runs (``genetic`` only when the manifest
+    #: has genetic perturbations: ``bioscale study plan`` checks the manifest)
+    eval: list[str] | None = None
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     #: biological alignment beside accuracy, run by every trial after its probes
     #: (``bioscale.eval.trial_alignment``); ``None``: none.
@@ -331,18 +315,18 @@ def _resolve_eval(spec: StudySpec) -> None:
     from bioscale.eval.tasks import TASKS, default_tasks
 
     if spec.eval is None:
-        tasks = default_tasks(spec.data.kind)
-        # the defaults as plan narrowed them to what the manifest can feed (no genetic wells: no
-        # `genetic`), carried to every trial in the spec it ships
-        if spec.probe.tasks != ProbeConfig().tasks and set(spec.probe.tasks) < set(tasks):
-            tasks = spec.probe.tasks
+        # every task the kind's data can feed; plan narrows them to what the manifest holds
+        tasks = default_tasks(kinds.get(spec.data.kind).provides)
     else:
         tasks = tuple(spec.eval)
         if not tasks or len(set(tasks)) != len(tasks):
             raise ConfigError(f"eval: list each task once, at least one; got {list(tasks)}")
-        for name in tasks:
-            task = TASKS.get(name)
-            if spec.data.kind not in task.kinds:
+        for i, name in enumerate(tasks):
+            try:
+                task = TASKS.get(name)
+            except ConfigError as err:
+                raise ConfigError(f"eval[{i}]: {err}") from None
+            if not task.needs <= kinds.get(spec.data.kind).provides:
                 raise ConfigError(
                     f"eval: task {name!r} does not apply to data.kind {spec.data.kind!r} "
                     f"(it needs {task.requires})"
@@ -360,29 +344,20 @@ def _ceiling_for_maps(spec: StudySpec) -> None:
     blurs them (``data.maps.blur: release``); otherwise trials log the raw ρ and no
     ``align/score`` (``AlignmentConfig.for_maps`` warns)."""
     if spec.alignment is not None:
-        release = spec.data.kind == "natural" and spec.data.maps.blur == "release"
+        human_maps = "maps" in kinds.get(spec.data.kind).settings  # ClickMe-style human maps
+        release = human_maps and spec.data.maps.blur == "release"
         object.__setattr__(spec, "alignment", spec.alignment.for_maps(release=release))
 
 
 def _check_alignment_kind(spec: StudySpec) -> None:
     """``alignment:`` evaluations that cannot apply to the study's data kind fail at load."""
-    cfg = spec.alignment
-    if cfg is None:
+    if spec.alignment is None:
         return
-    kind = spec.data.kind
-    maps = [n for n in ("saliency", "adversarial") if n in cfg.enabled()]
-    if maps and kind == "profiles":
-        raise ConfigError(
-            f"alignment.{maps[0]} compares image gradients with human maps; data.kind 'profiles' "
-            "has no images (use data.kind natural, or cellpainting with a path_map column)"
-        )
-    stimuli = [n for n in ("neural", "threedpc") if n in cfg.enabled()]
-    if stimuli and kind != "natural":
-        raise ConfigError(
-            f"alignment.{stimuli[0]} shows the model RGB stimuli; it applies to natural-image "
-            f"studies (3-channel rungs), not data.kind {kind!r}"
-            + (" (Cell Painting rungs read the study's dye channels)" if kind != "profiles" else "")
-        )
+    kind = kinds.get(spec.data.kind)
+    for name in spec.alignment.enabled():
+        refusal = kind.alignment_refusal(name)
+        if refusal is not None:
+            raise ConfigError(refusal)
 
 
 def _check_probe_layers(spec: StudySpec) -> None:
@@ -396,8 +371,7 @@ def _check_probe_layers(spec: StudySpec) -> None:
     from bioscale.models.ladder import get_rung
 
     # layer names depend on neither the input size nor the channel count: any valid shape will do
-    crop = spec.data.image.crop
-    shape = (8,) if spec.data.kind == "profiles" else (3, crop, crop)
+    shape = kinds.get(spec.data.kind).any_sample_shape(spec.data)
     for rung in sorted({r for grid in spec.grids for r in grid.rung}):
         with torch.device("meta"):
             backbone = get_rung(rung).build(shape)

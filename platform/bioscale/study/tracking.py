@@ -9,10 +9,11 @@ writer.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bioscale.errors import TrackingError
 from bioscale.names import (
@@ -27,10 +28,19 @@ from bioscale.names import (
 from bioscale.tracking_uri import check_reachable, check_scheme, configure_http, is_server
 from bioscale.uri import redact_uri
 
+if TYPE_CHECKING:
+    from bioscale.study.spec import StudySpec
+
 
 def default_uri(out_dir: str | Path) -> str:
     """SQLite in the study's output folder (absolute, so every process resolves the same file)."""
     return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def tracking_uri(spec: StudySpec, out_dir: str | Path) -> str:
+    """A study's tracking store: its ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else SQLite
+    in its output folder."""
+    return spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(out_dir)
 
 
 def is_metric(key: str, value: Any) -> bool:
@@ -229,6 +239,27 @@ class Tracker:
                     ) from err
                 time.sleep(delay)
                 delay = min(2 * delay, 10.0)
+
+
+def open_tracker(spec: StudySpec | None, out_dir: str | Path, *, uri: str | None = None) -> Tracker:
+    """The ``Tracker`` every command and the study driver use: the study's store (``uri``
+    overrides it), artifacts of a local store in ``<out>/mlartifacts``, writes retried for the
+    study's ``tracking.retry_seconds``.
+
+    Args:
+        spec: the ``StudySpec``; ``None`` for a store read without a study file (then ``uri``
+            names it, and writes are retried for ``TrackingSpec``'s default).
+        out_dir: the study's output folder.
+        uri: a tracking URI that overrides the study's.
+    """
+    if spec is None and uri is None:
+        raise TypeError("open_tracker needs the study's spec or a tracking uri")
+    retry = {} if spec is None else {"retry_seconds": spec.tracking.retry_seconds}
+    return Tracker(
+        tracking_uri(spec, out_dir) if uri is None else uri,
+        artifact_root=Path(out_dir) / "mlartifacts",
+        **retry,
+    )
 
 
 #: Substrings of errors worth retrying: SQLite lock contention, connection failures (requests /

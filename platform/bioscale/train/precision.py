@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-Precision = Literal["auto", "fp32", "bf16"]
+from bioscale.train.config import Precision  # defined without torch, for the loop config
 
 
 def bf16_native(device: torch.device) -> bool:

@@ -14,6 +14,7 @@ import torch
 
 from bioscale.config import from_mapping
 from bioscale.train import loop
+from bioscale.train.config import LoopConfig
 from bioscale.train.runtime import WorkerRuntime, prepare_model_kwargs, train_batch_kwargs
 
 
@@ -172,14 +173,16 @@ class RayContext:
         return ckpt.to_directory()
 
 
-def train_worker(config: dict[str, Any]) -> None:
+def train_worker(config: dict[str, Any], final: loop.FinalEvaluation | None = None) -> None:
     """``train_loop_per_worker``: rebuild the typed loop config and run the plain loop.
 
     ``config``: ``loop`` (a ``LoopConfig`` mapping), ``batch_size_per_worker`` and, optionally,
     ``runtime`` (a ``WorkerRuntime`` mapping: DDP buckets, batch feed; defaults when absent).
+    ``final``: the trial's final evaluation, run on rank 0 after training (the study's driver
+    binds ``bioscale.eval.final.final_metrics``; ``None``: training metrics only).
     """
-    cfg = from_mapping(loop.LoopConfig, config["loop"], "loop")
+    cfg = from_mapping(LoopConfig, config["loop"], "loop")
     runtime = from_mapping(WorkerRuntime, config.get("runtime"), "runtime")
     ctx = RayContext(batch_size=config["batch_size_per_worker"], seed=cfg.seed, runtime=runtime)
     nodes = ctx.node_ids()
-    loop.run(cfg, ctx, extra_final={"node_ids": ",".join(nodes)})
+    loop.run(cfg, ctx, final=final, extra_final={"node_ids": ",".join(nodes)})

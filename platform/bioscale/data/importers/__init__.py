@@ -1,9 +1,12 @@
 """Dataset importers: a dataset as users have it → an image manifest (ARCHITECTURE contract).
 
-One registry, ``IMPORTERS``; an importer is a function ``read(cfg) -> SiteTable`` registered
-under a format name (``cellprofiler``: LoadData CSV or CytoTable Parquet). A new format is one
-new module that registers itself; everything after reading the sites — the JUMP metadata join,
-compound groups, sample ids, writing — is shared here.
+One registry, ``IMPORTERS``, of every format for every data kind: an ``Importer`` names the
+data kind of the manifest it writes and either reads image sites (``read_sites(cfg) ->
+SiteTable``: ``cellprofiler``, LoadData CSV or CytoTable Parquet; everything after reading the
+sites — the JUMP metadata join, compound groups, sample ids, writing — is shared here) or writes
+its manifest itself (``write(cfg) -> Path``: the natural-image layouts ``natural-folder``,
+``natural-clickme``, ``natural-fixations``). A new format is one new module that registers
+itself.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from pathlib import Path
 
 from bioscale.data import manifest as mf
 from bioscale.data.groups import assign_groups
-from bioscale.errors import ManifestError
+from bioscale.errors import ConfigError, ManifestError
 from bioscale.registry import Registry
 
 #: The five Cell Painting dyes in their conventional channel order; other dyes follow them.
 CANONICAL_DYES = ("DNA", "ER", "RNA", "AGP", "Mito")
-_MODULES = ("bioscale.data.importers.cellprofiler",)
+_MODULES = ("bioscale.data.importers.cellprofiler", "bioscale.data.importers.natural")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +50,10 @@ class ImportConfig:
     source: str | None = None
     dyes: tuple[str, ...] | None = None
     novel_fraction: float = 0.25
+    #: fixations: the folder the fixation file's image paths are relative to, and the blur of
+    #: each fixation in pixels of the original image
+    images: str | None = None
+    sigma_px: float = 25.0
 
 
 @dataclass(kw_only=True)
@@ -79,7 +86,37 @@ class ImportSummary:
     groups: dict[str, int]
 
 
-IMPORTERS: Registry[Callable[[ImportConfig], SiteTable]] = Registry("dataset importer")
+@dataclass(frozen=True, kw_only=True)
+class Importer:
+    """One registered format: the data kind of the manifest it writes (``bioscale.data.kinds``)
+    and how: reading image sites for the shared back half, or writing the manifest itself."""
+
+    kind: str
+    read_sites: Callable[[ImportConfig], SiteTable] | None = None
+    write: Callable[[ImportConfig], Path] | None = None
+
+
+IMPORTERS: Registry[Importer] = Registry("dataset importer")
+
+
+def register_sites(name: str, kind: str):
+    """Decorator: register ``read(cfg) -> SiteTable`` as format ``name`` of data kind ``kind``."""
+
+    def add(read: Callable[[ImportConfig], SiteTable]):
+        IMPORTERS.register(name, Importer(kind=kind, read_sites=read))
+        return read
+
+    return add
+
+
+def register_writer(name: str, kind: str):
+    """Decorator: register ``write(cfg) -> Path`` (the manifest) as format ``name``."""
+
+    def add(write: Callable[[ImportConfig], Path]):
+        IMPORTERS.register(name, Importer(kind=kind, write=write))
+        return write
+
+    return add
 
 
 def _load_modules() -> None:
@@ -120,8 +157,13 @@ def _check_paths(cfg: ImportConfig) -> None:
 def import_dataset(fmt: str, cfg: ImportConfig) -> ImportSummary:
     """Read ``cfg.input`` with the importer ``fmt``, join metadata, assign groups, write."""
     _load_modules()
+    importer = IMPORTERS.get(fmt)
+    if importer.read_sites is None:
+        raise ConfigError(
+            f"format {fmt!r} writes its manifest itself; use import_manifest({fmt!r}, cfg)"
+        )
     _check_paths(cfg)
-    table = IMPORTERS.get(fmt)(cfg)
+    table = importer.read_sites(cfg)
     dyes = table.dyes
     if cfg.dyes:
         absent = [d for d in cfg.dyes if d not in dyes]
@@ -133,6 +175,15 @@ def import_dataset(fmt: str, cfg: ImportConfig) -> ImportSummary:
     if not table.sites:
         raise ManifestError(f"{cfg.input} lists no image sites")
     return write_sites(table.sites, dyes, cfg)
+
+
+def import_manifest(fmt: str, cfg: ImportConfig) -> Path:
+    """Import ``cfg.input`` with any registered format; the manifest written."""
+    _load_modules()
+    importer = IMPORTERS.get(fmt)
+    if importer.write is not None:
+        return importer.write(cfg)
+    return import_dataset(fmt, cfg).path
 
 
 def write_sites(sites: list[Site], dyes: list[str], cfg: ImportConfig) -> ImportSummary:

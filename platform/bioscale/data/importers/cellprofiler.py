@@ -17,7 +17,7 @@ import csv
 import re
 from pathlib import Path
 
-from bioscale.data.importers import IMPORTERS, ImportConfig, Site, SiteTable, order_dyes
+from bioscale.data.importers import ImportConfig, Site, SiteTable, order_dyes, register_sites
 from bioscale.errors import ManifestError
 
 _FILE = re.compile(r"^(?:FileName|URL)_Orig(?P<dye>.+)$")
@@ -80,7 +80,7 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     return out
 
 
-@IMPORTERS.register("cellprofiler")
+@register_sites("cellprofiler", kind="cellpainting")
 def read_cellprofiler(cfg: ImportConfig) -> SiteTable:
     """Sites of a CellProfiler LoadData CSV or CytoTable/CellProfiler Parquet file."""
     path = Path(cfg.input)

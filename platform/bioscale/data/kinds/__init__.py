@@ -87,6 +87,9 @@ class DataKind:
     #: a trial's training input is decoded while its workers train (Ray Data tasks hold CPUs for
     #: the whole trial), and workers never keep an epoch in memory (each draws fresh crops)
     streams: ClassVar[bool] = False
+    #: what the samples carry that evaluation tasks read (``bioscale.eval.config.EvalTask.needs``):
+    #: ``plates`` (wells on plates with negative controls), ``labels``, ``targets``
+    provides: ClassVar[frozenset[str]] = frozenset({"labels"})
     #: the probe sets include never-trained-on labels (``novel_test``)
     novel_labels: ClassVar[bool] = True
     #: the settings of ``data:`` this kind reads besides ``manifest`` and ``splits``
@@ -163,6 +166,13 @@ class DataKind:
         """Names of the input channels in order (Cell Painting dyes), or ``None``."""
         return None
 
+    def sample_images(self, data: Any, path: str | Path, size: int, limit: int) -> list[Any]:
+        """Up to ``limit`` whole samples (an evenly spread, fixed choice), decoded as trials decode
+        them, as a list of (n, C, H, W) float32 batches (images only; e.g. for MACO's spectrum)."""
+        from bioscale.errors import ConfigError
+
+        raise ConfigError(f"data.kind {self.name!r} samples are not images")
+
     # ----------------------------------------------------------------------------- a trial
     def skips_bad_samples(self, data: Any) -> bool:
         """Whether unreadable samples are dropped into a ledger instead of failing the trial."""
@@ -180,6 +190,89 @@ class DataKind:
         """A trial's Ray Datasets: ``train`` (split across workers), ``val``, ``probe`` and, when
         ``sets.held_out`` is given, ``held_out``."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """A study's manifest, opened once (by ``open_manifest``) and handed down: its identity
+    (``info``: path, sha256, rows), what one sample is, and the index of its samples' roles."""
+
+    info: ManifestInfo
+    kind: str
+    sample_shape: tuple[int, ...]
+    #: input channel names in order (Cell Painting dyes), or None
+    channels: tuple[str, ...] | None
+    has_maps: bool
+    index: SampleIndex
+
+    @property
+    def path(self) -> str:
+        return self.info.path
+
+    @property
+    def sha(self) -> str:
+        return self.info.sha
+
+    @property
+    def n_rows(self) -> int:
+        return self.info.n_rows
+
+    @property
+    def n_features(self) -> int | None:
+        return self.info.n_features
+
+
+def first_rows(path: str | Path, columns: list[str], limit: int) -> dict[str, Any]:
+    """Up to ``limit`` manifest rows (a fixed, evenly spread choice), ``columns`` only."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=columns)
+    n = table.num_rows
+    take = np.unique(np.linspace(0, n - 1, min(limit, n)).round().astype(np.int64))
+    picked = table.take(take)
+    return {c: picked.column(c).to_numpy(zero_copy_only=False) for c in columns}
+
+
+def read_index(data: Any, path: str | Path) -> SampleIndex:
+    """The manifest's metadata and fixed roles (the same in the driver and every trial); samples
+    the study's settings leave out (``data.non_finite: drop``) are dropped before roles are
+    assigned, as if they were not in the manifest."""
+    import numpy as np
+    import pyarrow as pa
+
+    from bioscale.data.splits import SampleIndex
+    from bioscale.errors import ManifestError
+
+    kind = get(data.kind)
+    table = kind.metadata(path)
+    if table.num_rows == 0:
+        raise ManifestError(
+            f"manifest {path} has no rows; import or generate samples into it first"
+        )
+    excluded = kind.excluded(data, path)
+    if excluded:
+        ids = np.asarray(table.column("sample_id").to_pylist(), dtype=object)
+        table = table.filter(pa.array(~np.isin(ids, sorted(excluded))))
+    return SampleIndex.from_table(table, data.splits)
+
+
+def open_manifest(data: Any, path: str | Path) -> Manifest:
+    """Inspect, validate and index a study's manifest once, as its data kind reads it: the
+    sample checks that must pass before any compute run here too."""
+    kind = get(data.kind)
+    info = kind.inspect(path)
+    shape = kind.sample_shape(data, info, path)
+    kind.check(data, path)
+    channels = kind.channels(data, path)
+    return Manifest(
+        info=info,
+        kind=kind.name,
+        sample_shape=shape,
+        channels=tuple(channels) if channels is not None else None,
+        has_maps=kind.has_maps(path),
+        index=read_index(data, path),
+    )
 
 
 def _default(config: Any, name: str) -> Any:

@@ -17,6 +17,7 @@ class CellPainting(DataKind):
     images = True
     streams = True
     settings = frozenset({"image"})
+    provides = frozenset({"plates", "labels", "targets"})
     wording = Wording(
         label="MoA", novel="novel compounds", held_out="held-out wells of seen compounds"
     )
@@ -70,6 +71,27 @@ class CellPainting(DataKind):
         from bioscale.data.pipeline import manifest_has_maps
 
         return manifest_has_maps(path)
+
+    def sample_images(self, data: Any, path: str | Path, size: int, limit: int) -> list[Any]:
+        from bioscale.data.images import decode_batch
+        from bioscale.data.kinds import first_rows
+
+        dyes = self.channels(data, path)
+        rows = first_rows(path, ["sample_id", *[f"path_{d}" for d in dyes]], limit)
+        image, decoded = data.image, []
+        for i in range(len(rows["sample_id"])):  # one site at a time: sites may differ in size
+            out = decode_batch(
+                {k: v[i : i + 1] for k, v in rows.items()},
+                dyes=dyes,
+                crop=None,
+                crop_mode="centre",
+                downsample=image.downsample,
+                rng=0,
+                normalise=image.normalise,
+                bad_sample_policy=image.bad_samples,
+            )
+            decoded.append(out["x"][out["ok"]])
+        return decoded
 
     def skips_bad_samples(self, data: Any) -> bool:
         return data.image.bad_samples == "skip"

@@ -18,6 +18,7 @@ class Natural(DataKind):
     streams = True
     novel_labels = False  # a class never trained on cannot be named by a classifier
     settings = frozenset({"image", "maps"})
+    provides = frozenset({"labels"})
     wording = Wording(label="class", novel="novel classes", held_out="held-out images")
 
     def identity(self, data: Any) -> dict[str, Any]:
@@ -42,6 +43,15 @@ class Natural(DataKind):
         from bioscale.data.pipeline import manifest_has_maps
 
         return manifest_has_maps(path)
+
+    def sample_images(self, data: Any, path: str | Path, size: int, limit: int) -> list[Any]:
+        import numpy as np
+
+        from bioscale.data.kinds import first_rows
+
+        rows = first_rows(path, ["sample_id", "path_image"], limit)
+        rows["path_map"] = np.array([None] * len(rows["sample_id"]), dtype=object)
+        return [natural.decode_natural(rows, size=size, flip=False, seed=0)["x"]]
 
     def datasets(
         self,

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 class Profiles(DataKind):
     name = "profiles"
     settings = frozenset({"non_finite", "synthetic"})
+    provides = frozenset({"plates", "labels", "targets"})
     wording = Wording(
         label="MoA", novel="novel compounds", held_out="held-out wells of seen compounds"
     )
