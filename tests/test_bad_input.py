@@ -361,3 +361,21 @@ def test_a_tracking_server_with_credentials_in_its_uri_is_health_checked(tmp_pat
     finally:
         server.shutdown()
     assert seen == [("/health", f"127.0.0.1:{port}")]
+
+
+def test_harmonized_on_multi_target_labels_is_refused_at_load(bad, capsys):
+    """The harmonizer's saliency is that of the one true class; compound targets are several."""
+    study = _study(
+        bad["root"],
+        bad["manifest"],
+        grids=[
+            {
+                "rung": ["debug"],
+                "diet": [{}],
+                "objective": [{"name": "harmonized", "params": {"task": "target"}}],
+            }
+        ],
+    )
+    assert main(["study", "plan", study]) == 2
+    err = capsys.readouterr().err
+    assert "task: target is not supported" in err and "grids[0].objective[0]" in err

@@ -113,7 +113,8 @@ def saliency_maps(logits, x, y, rows):
 
 @dataclass(frozen=True, kw_only=True)
 class HarmonizedParams:
-    task: Literal["moa", "target"] = "moa"  # natural images keep their class in ``moa``
+    #: ``moa`` (natural images keep their class in it); ``target`` is refused (one true class only)
+    task: Literal["moa", "target"] = "moa"
     label_smoothing: float = 0.1
     lambda_h: float = 1.0
     align_reduction: Literal["mapped", "batch"] = "mapped"
@@ -121,6 +122,12 @@ class HarmonizedParams:
     weight_decay_mode: WeightDecayMode = "coupled"  # the release's L2 penalty on the loss
 
     def __post_init__(self) -> None:
+        if self.task == "target":  # the saliency of *the* true class: a compound may have several
+            raise ValueError(
+                "task: target is not supported: the harmonizer aligns the saliency of the one true "
+                "class with the human map, and a compound's targets are several (pipe-separated); "
+                "use task: moa (or the supervised objective, which trains on every target)"
+            )
         if self.lambda_h < 0:
             raise ValueError("lambda_h must be >= 0")
         if self.weight_decay < 0:

@@ -107,6 +107,9 @@ class _Helper:
             stdout=subprocess.PIPE,
             text=True,
             env=env,
+            # its own session: Ctrl-C in the terminal interrupts the driver, which closes this
+            # helper itself (a helper interrupted mid-read would print a traceback to the user)
+            start_new_session=True,
         )
         self._lock = threading.Lock()
 
@@ -165,6 +168,9 @@ def _helper() -> _Helper:
 
 def main() -> None:
     """Answer requests on stdin, one JSON line each, until stdin closes."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver ends it by closing stdin
     out = sys.stdout
     sys.stdout = sys.stderr  # a library's print must not corrupt the answers
     for line in sys.stdin:

@@ -7,20 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from bioscale.data import manifest as mf
-from bioscale.data.kinds import DataCpus, DataKind, TrialSets, Wording, register
+from bioscale.data.kinds import DataCpus, TrialSets, register
+from bioscale.data.kinds.plates import PlateKind
 from bioscale.errors import ConfigError, ManifestError
 
 
 @register
-class CellPainting(DataKind):
+class CellPainting(PlateKind):
     name = "cellpainting"
     images = True
     streams = True
     settings = frozenset({"image"})
-    provides = frozenset({"plates", "labels", "targets"})
-    wording = Wording(
-        label="MoA", novel="novel compounds", held_out="held-out wells of seen compounds"
-    )
 
     def alignment_refusal(self, evaluation: str) -> str | None:
         if evaluation in ("neural", "threedpc"):
@@ -35,12 +32,6 @@ class CellPainting(DataKind):
         from dataclasses import asdict
 
         return {"image": asdict(data.image)}  # how pixels become tensors changes what is learnt
-
-    def inspect(self, path: str | Path) -> mf.ManifestInfo:
-        return mf.inspect(path)
-
-    def metadata(self, path: str | Path):
-        return mf.read_metadata(path)
 
     def channels(self, data: Any, path: str | Path) -> list[str]:
         """The channel order: ``data.image.dyes`` or the manifest's dyes."""

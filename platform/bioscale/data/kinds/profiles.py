@@ -8,20 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from bioscale.data import manifest as mf
-from bioscale.data.kinds import DataCpus, DataKind, TrialSets, Wording, register
+from bioscale.data.kinds import DataCpus, TrialSets, register
+from bioscale.data.kinds.plates import PlateKind
 from bioscale.errors import ManifestError
 
 log = logging.getLogger(__name__)
 
 
 @register
-class Profiles(DataKind):
+class Profiles(PlateKind):
     name = "profiles"
     settings = frozenset({"non_finite", "synthetic"})
-    provides = frozenset({"plates", "labels", "targets"})
-    wording = Wording(
-        label="MoA", novel="novel compounds", held_out="held-out wells of seen compounds"
-    )
 
     def alignment_refusal(self, evaluation: str) -> str | None:
         if evaluation in ("saliency", "adversarial"):
@@ -41,12 +38,6 @@ class Profiles(DataKind):
         # samples left out are another data set; the default (refuse them) adds nothing, so
         # keys of studies without NaN/Inf features are what they always were
         return {"non_finite": data.non_finite} if data.non_finite != "error" else {}
-
-    def inspect(self, path: str | Path) -> mf.ManifestInfo:
-        return mf.inspect(path)
-
-    def metadata(self, path: str | Path):
-        return mf.read_metadata(path)
 
     def check(self, data: Any, path: str | Path) -> None:
         """Profiles holding NaN/±Inf features are refused, naming the samples and features
