@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +63,8 @@ class LocalContext:
         self._seed = seed
         self.reports: list[dict[str, Any]] = []
         self._ckpt_root = Path(checkpoint_root or tempfile.mkdtemp(prefix="bioscale-ckpt-"))
+        if checkpoint_root is None:  # a folder of its own: removed with the context
+            weakref.finalize(self, shutil.rmtree, self._ckpt_root, ignore_errors=True)
         self._last_ckpt: str | None = None
 
     def train_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
