@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bioscale.data import kinds
-from bioscale.data.kinds import DataCpus, TrialSets
 from bioscale.data.splits import SampleIndex
-from bioscale.eval.trial_alignment import MAP_EVALUATIONS
+from bioscale.study.payload import build_datasets, reads_maps
 from bioscale.study.plan import TrialData
 from bioscale.study.spec import StudySpec
 
@@ -24,12 +22,6 @@ def trial_datasets(
     for image studies whose ``alignment:`` reads human maps, ``"held_out"`` (materialised): the
     probe-test images in the objective's label space. ``skips``: a ``SkipLedger`` actor that
     unreadable image sites are dropped into (``data.image.bad_samples: skip``)."""
-    maps_read = spec.alignment is not None and set(MAP_EVALUATIONS) & set(spec.alignment.enabled())
-    sets = TrialSets(
-        train=data.train,
-        val=data.val,
-        probe=data.probe,
-        held_out=data.held_out if maps_read else None,
+    return build_datasets(
+        spec.data, spec.resources, reads_maps(spec), manifest, index, data, skips=skips
     )
-    cpus = DataCpus(select=spec.resources.data_cpus_per_task, decode=spec.data.image.decode_cpus)
-    return kinds.get(spec.data.kind).datasets(spec.data, manifest, index, sets, cpus, skips=skips)

@@ -48,16 +48,30 @@ class TrialPayload:
 
     def datasets(self, index: Any, data: Any, skips: Any = None) -> dict[str, Any]:
         """The trial's Ray Datasets from its selection (``study.plan.trial_data``)."""
-        sets = TrialSets(
-            train=data.train,
-            val=data.val,
-            probe=data.probe,
-            held_out=data.held_out if self.reads_maps else None,
+        return build_datasets(
+            self.data, self.resources, self.reads_maps, self.manifest, index, data, skips=skips
         )
-        cpus = DataCpus(
-            select=self.resources.data_cpus_per_task, decode=self.data.image.decode_cpus
-        )
-        return self.kind.datasets(self.data, self.manifest, index, sets, cpus, skips=skips)
+
+
+def build_datasets(
+    data_spec: DataSpec,
+    resources: ResourceSpec,
+    maps: bool,
+    manifest: str,
+    index: Any,
+    data: Any,
+    skips: Any = None,
+) -> dict[str, Any]:
+    """A trial's Ray Datasets, as its data kind builds them: ``train``, ``val``, ``probe`` and,
+    when the trial's alignment reads human maps (``maps``), ``held_out`` (the probe-test images)."""
+    sets = TrialSets(
+        train=data.train,
+        val=data.val,
+        probe=data.probe,
+        held_out=data.held_out if maps else None,
+    )
+    cpus = DataCpus(select=resources.data_cpus_per_task, decode=data_spec.image.decode_cpus)
+    return kinds.get(data_spec.kind).datasets(data_spec, manifest, index, sets, cpus, skips=skips)
 
 
 def worker_runtime(spec: StudySpec) -> WorkerRuntime:

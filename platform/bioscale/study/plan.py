@@ -399,11 +399,6 @@ def check_alignment(spec: StudySpec, manifest: kinds.Manifest) -> None:
                     raise ConfigError(f"alignment.neural[{i}].layers, rung {rung}: {err}") from None
 
 
-def inspect_manifest(spec: StudySpec, manifest_path: str | Path) -> mf.ManifestInfo:
-    """Validate and hash the study's manifest, as its data kind reads it."""
-    return kinds.get(spec.data.kind).inspect(manifest_path)
-
-
 def load_index(spec: StudySpec, manifest_path: str | Path) -> SampleIndex:
     """The manifest's metadata and fixed roles (the same in the driver and every trial;
     ``bioscale.data.kinds.read_index``)."""
@@ -457,13 +452,6 @@ def study_dyes(spec: StudySpec, manifest_path: str | Path) -> list[str]:
     if channels is None:
         raise ConfigError(f"data.kind {spec.data.kind!r} has no named channels")
     return channels
-
-
-def sample_shape(
-    spec: StudySpec, info: mf.ManifestInfo, manifest_path: str | Path
-) -> tuple[int, ...]:
-    """One training sample's shape: (F,) for profiles, (C, crop, crop) for image crops."""
-    return kinds.get(spec.data.kind).sample_shape(spec.data, info, manifest_path)
 
 
 def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
