@@ -84,6 +84,7 @@ def ray_decode(manifest: Path, workers: int, crop: int, k: int) -> tuple[float, 
     (end to end including Ray Data's planning and start-up, steady state after the first site)."""
     import numpy as np
 
+    from bioscale.data.images import ImageConfig
     from bioscale.data.pipeline import decoded_sites, read_sites
 
     ids = np.array(pq.read_table(manifest, columns=["sample_id"]).column(0).to_pylist())
@@ -92,12 +93,9 @@ def ray_decode(manifest: Path, workers: int, crop: int, k: int) -> tuple[float, 
         read_sites(manifest, DYES, cpus_per_task=0.1),
         ids,
         {"y": np.zeros(len(ids), dtype=np.int64)},
+        image=ImageConfig(crop=crop, crops_per_site=k),
         dyes=DYES,
-        crop=crop,
-        crops_per_site=k,
-        crop_mode="random",
-        downsample=1,
-        normalise="percentile",
+        training=True,
         seed=0,
         batch_size=2,
         cpus_per_task=0.5,

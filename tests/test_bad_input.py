@@ -81,7 +81,30 @@ def bad(tmp_path_factory, synth_manifest):
     (root / "fix-not-json.json").write_text("{not json")
     (root / "fix-list.json").write_text(json.dumps([[1, 2]]))
     (root / "fix-short.json").write_text(json.dumps({"a/1.png": [[3]]}))
-    return {"root": root, "manifest": synth_manifest}
+    from bioscale.data.synth_images import SynthImagesConfig, generate_images
+
+    images = generate_images(
+        SynthImagesConfig(
+            seed=3,
+            n_moa=2,
+            compounds_per_moa=2,
+            n_extra=1,
+            controls_per_plate=2,
+            size=32,
+            cell_radius=4.0,
+            expert_maps=False,
+        ),
+        root / "images",
+    ).manifest
+    sites = pq.read_table(images)
+    keep = [
+        not (g == "control" and p == "SYNIMG0100")
+        for g, p in zip(
+            sites.column("group").to_pylist(), sites.column("plate").to_pylist(), strict=True
+        )
+    ]
+    pq.write_table(sites.filter(pa.array(keep)), root / "plate-without-controls.parquet")
+    return {"root": root, "manifest": synth_manifest, "images": images}
 
 
 def _fixations(b: dict, name: str, images: bool = True) -> list[str]:
@@ -96,8 +119,47 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+def _image_study(b: dict, manifest: Path, kind: str = "cellpainting", **image) -> list[str]:
+    data = {"kind": kind, "manifest": str(manifest), "image": {"crop": 16, **image}}
+    return ["study", "plan", _study(b["root"], manifest, data=data)]
+
+
 # (id, argv builder, exit code, words the message contains)
 CASES = [
+    (
+        "plate-controls-on-a-plate-without-controls",
+        lambda b: _image_study(
+            b, b["root"] / "plate-without-controls.parquet", normalise="plate_controls"
+        ),
+        2,
+        ["plate_controls", "SYNIMG0100", "have none", "normalise: percentile"],
+    ),
+    (
+        "illumination-without-functions",
+        lambda b: _image_study(b, b["images"], illumination=True),
+        2,
+        ["data.image.illumination", "illum_<Dye>", "DNA", "illumination: false"],
+    ),
+    (
+        "natural-image-with-cellpainting-settings",
+        lambda b: _image_study(b, b["images"], kind="natural", normalise="none"),
+        2,
+        ["data.image.normalise does not apply", "'natural'", "reads crop"],
+    ),
+    (
+        "pack-unknown-dye",
+        lambda b: [
+            "data",
+            "pack",
+            str(b["images"]),
+            "--out",
+            str(b["root"] / "p"),
+            "--dyes",
+            "DNA,Golgi",
+        ],
+        2,
+        ["Golgi", "not in manifest", "it has DNA"],
+    ),
     (
         "epochs-0",
         lambda b: ["study", "plan", _study(b["root"], b["manifest"], train__budget={"epochs": 0})],

@@ -186,12 +186,13 @@ grids:
     diet: [{replicates: 0.5}, {replicates: 1.0, extra: all}]
     objective: [supervised, ibp]
 train: {budget: {epochs: 2}}
+probe: {selection: search, layers: [0, -1]}   # named layers: checked on every rung at load
 """
 
 
 def test_study_plan_imports_no_torch_and_plans_what_the_library_plans(tmp_path):
-    """The real command on a small synthetic study: no torch in its process (sizes, FLOPs and
-    the bf16 check run in a helper process), and the same trials, keys, N and FLOPs as a plan
+    """The real command on a small synthetic study: no torch in its process (sizes, FLOPs, the
+    named probe layers and the bf16 check run in a helper process), and the same trials, keys, N and FLOPs as a plan
     made where torch is loaded."""
     import torch  # noqa: F401 - the reference plan measures in this process
 
@@ -238,6 +239,9 @@ def test_the_helper_process_measures_what_this_process_measures():
     try:
         assert helper.ask(request) == list(measure._answer(request))
         assert helper.ask({"op": "cpu_bf16_native"}) == measure._answer({"op": "cpu_bf16_native"})
+        names = {"op": "layer_names", "rung": "vit:debug", "input_shape": [3, 32, 32]}
+        assert helper.ask(names) == measure._answer(names)
+        assert helper.ask(names)[-1].startswith("blocks.")
         with pytest.raises(ConfigError, match="unknown model rung 'mlp:w64-l1x'"):
             helper.ask({**request, "rung": "mlp:w64-l1x"})
     finally:

@@ -16,6 +16,7 @@ def test_a_crop_stream_larger_than_its_object_store_budget_completes(ray_local, 
     import ray.data
     from ray.data import ExecutionResources
 
+    from bioscale.data.images import ImageConfig
     from bioscale.data.manifest import dyes_of
     from bioscale.data.pipeline import decoded_sites, read_sites
     from bioscale.data.synth_images import SynthImagesConfig, generate_images
@@ -32,12 +33,9 @@ def test_a_crop_stream_larger_than_its_object_store_budget_completes(ray_local, 
             read_sites(manifest, dyes, cpus_per_task=0.1),
             ids,
             {"y": np.zeros(len(ids), dtype=np.int64)},
+            image=ImageConfig(crop=64, crops_per_site=crops_per_site),
             dyes=dyes,
-            crop=64,
-            crops_per_site=crops_per_site,
-            crop_mode="random",
-            downsample=1,
-            normalise="percentile",
+            training=True,
             seed=0,
             batch_size=4,
             cpus_per_task=0.25,

@@ -77,28 +77,25 @@ def test_phenotype_changes_pixels():
 
 
 def test_cli_writes_and_imports(tmp_path, capsys):
+    """``data synth cellpainting``: every field of the generator's config is a flag; ``images``
+    (the command's former name) is the same generator."""
     from bioscale.cli import main
 
-    assert (
-        main(
-            [
-                "data",
-                "synth",
-                "images",
-                "--out",
-                str(tmp_path),
-                "--size",
-                "64",
-                "--sites-per-well",
-                "1",
-            ]
-        )
-        == 0
-    )
+    flags = ["--size", "64", "--sites-per-well", "1", "--n-moa", "2", "--no-expert-maps"]
+    assert main(["data", "synth", "cellpainting", "--out", str(tmp_path / "a"), *flags]) == 0
     out = capsys.readouterr().out
-    assert "imported manifest" in out
-    row = pq.read_table(tmp_path / "manifest.parquet").to_pylist()[0]
+    assert "manifest: " in out and "LZW TIFFs" in out
+    table = pq.read_table(tmp_path / "a" / "manifest.parquet")
+    row = table.to_pylist()[0]
     assert read_image(row["path_Mito"]).shape == (64, 64)
+    assert "path_map" not in table.column_names  # --no-expert-maps
+    seen = {r["moa"] for r in table.to_pylist() if r["group"] in ("seen", "novel")}
+    assert len(seen) == 2  # --n-moa 2
+    assert main(["data", "synth", "images", "--out", str(tmp_path / "b"), *flags]) == 0
+    again = pq.read_table(tmp_path / "b" / "manifest.parquet")
+    assert again.drop_columns([c for c in again.column_names if c.startswith("path_")]).equals(
+        table.drop_columns([c for c in table.column_names if c.startswith("path_")])
+    )
 
 
 def test_expert_maps_mark_the_phenotype_and_are_empty_for_controls(tmp_path):

@@ -82,3 +82,46 @@ def test_trial_params_use_the_frozen_names(synth_manifest):
 )
 def test_lr_rules_resolve_in_N(synth_manifest, rule, expected):
     assert keyed(synth_manifest, lr=rule).loop.lr == pytest.approx(expected)
+
+
+# What each image kind adds to a trial's identity, as recorded before the image settings were
+# merged into one config (``bioscale.data.images.ImageConfig``): the same YAML must keep its keys.
+_IMAGE_DEFAULT = {
+    "bad_samples": "error",
+    "crop": 64,
+    "crops_per_site": 1,
+    "decode_batch_size": 16,
+    "decode_cpus": 0.5,
+    "downsample": 1,
+    "dyes": None,
+    "max_skipped": 0.01,
+    "normalise": "percentile",
+}
+_RELEASE_MAPS = {"blur": "release", "sigma_px": None}
+
+
+@pytest.mark.parametrize(
+    "kind, image, expected",
+    [
+        ("cellpainting", {}, {"image": _IMAGE_DEFAULT}),
+        (
+            "cellpainting",
+            {"crop": 32, "normalise": "none", "crops_per_site": 2, "dyes": ["DNA", "ER"]},
+            {
+                "image": _IMAGE_DEFAULT
+                | {"crop": 32, "normalise": "none", "crops_per_site": 2, "dyes": ["DNA", "ER"]}
+            },
+        ),
+        ("natural", {}, {"image": _IMAGE_DEFAULT, "maps": _RELEASE_MAPS}),
+        ("natural", {"crop": 32}, {"image": _IMAGE_DEFAULT | {"crop": 32}, "maps": _RELEASE_MAPS}),
+    ],
+)
+def test_image_settings_enter_trial_keys_as_they_always_did(kind, image, expected):
+    from bioscale.data import kinds
+    from bioscale.study.spec import DataSpec
+
+    data = StudySpec.from_dict(
+        {**STUDY, "data": {"kind": kind, "manifest": "m.parquet", "image": image}}
+    ).data
+    assert isinstance(data, DataSpec)
+    assert kinds.get(kind).identity(data) == expected

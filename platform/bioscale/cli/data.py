@@ -4,35 +4,42 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
-def cmd_synth_profiles(args: argparse.Namespace) -> int:
-    from bioscale.data.synth import SynthProfilesConfig, generate_profiles
+def synth_parser(name: str, kind) -> argparse.ArgumentParser:
+    """``bioscale data synth <name>``'s options: ``--out`` and one flag per field of the kind's
+    synthetic config (``--sites-per-well 2``; booleans as ``--expert-maps/--no-expert-maps``)."""
+    import dataclasses
 
-    path = generate_profiles(SynthProfilesConfig(seed=args.seed), args.out)
-    print(f"wrote {path} and JUMP-style metadata in {Path(args.out) / 'metadata'}")
-    return 0
-
-
-def cmd_synth_images(args: argparse.Namespace) -> int:
-    from bioscale.data.synth_images import SynthImagesConfig, generate_images
-
-    cfg = SynthImagesConfig(seed=args.seed, size=args.size, sites_per_well=args.sites_per_well)
-    result = generate_images(cfg, args.out)
-    print(
-        f"wrote {result.n_sites} sites ({result.n_files} LZW TIFFs) under {result.images}, "
-        f"load data {result.load_data}, JUMP-style metadata in {result.metadata}"
+    config = kind.synthetic.config_class()
+    parser = argparse.ArgumentParser(
+        prog=f"bioscale data synth {name}",
+        description=f"{kind.synthetic.help} ({config.__module__}.{config.__name__}).",
     )
-    print(f"imported manifest: {result.manifest}")
-    return 0
+    parser.add_argument("--out", required=True, help="output folder")
+    for f in dataclasses.fields(config):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default
+            )
+        elif isinstance(default, int | float | str):
+            parser.add_argument(
+                flag, dest=f.name, type=type(default), default=default, help=f"default {default}"
+            )
+    return parser
 
 
-def cmd_synth_natural(args: argparse.Namespace) -> int:
-    from bioscale.data.natural import SynthNaturalConfig, generate_natural
+def cmd_synth(args: argparse.Namespace) -> int:
+    from bioscale.data import kinds
 
-    cfg = SynthNaturalConfig(seed=args.seed, per_class=args.per_class, size=args.size)
-    print(f"wrote {generate_natural(cfg, args.out)} (images, maps for part of them)")
+    kind = kinds.synthetic_kinds()[args.synth_kind]
+    options = vars(synth_parser(args.synth_kind, kind).parse_args(args.options))
+    out = options.pop("out")
+    result = kind.synthesize(kind.synthetic.config_class()(**options), out)
+    print(result.summary)
+    print(f"manifest: {result.manifest}")
     return 0
 
 
@@ -110,20 +117,32 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from bioscale.data.pack import PackConfig, pack_manifest
 
     cfg = PackConfig(
+        dyes=args.dyes.split(",") if args.dyes else None,
         crop=args.crop,
         crops_per_site=args.crops_per_site,
+        crop_mode=args.crop_mode,
         dtype=args.dtype,
         normalise=args.normalise,
         downsample=args.downsample,
         illumination=args.illumination,
+        bad_samples=args.bad_samples,
+        max_skipped=args.max_skipped,
         seed=args.seed,
         shard_mb=args.shard_mb,
         workers=args.workers,
     )
-    result = pack_manifest(args.manifest, args.out, cfg)
+
+    def progress(done: int, total: int) -> None:  # about every tenth of the sites
+        if done == total or (done * 10) // total != ((done - 1) * 10) // total:
+            print(f"  packed {done}/{total} sites", file=sys.stderr, flush=True)
+
+    result = pack_manifest(args.manifest, args.out, cfg, progress=progress)
+    for sid, error in result.skipped.items():
+        print(f"bioscale: skipped unreadable site {sid}: {error}", file=sys.stderr)
+    skipped = f", {len(result.skipped)} unreadable site(s) skipped" if result.skipped else ""
     print(
         f"packed {result.n_sites} sites into {result.n_crops} crops of {result.crop_shape} "
-        f"{cfg.dtype} in {result.n_shards} shard(s) ({result.seconds:.1f} s); "
+        f"{cfg.dtype} in {result.n_shards} shard(s) ({result.seconds:.1f} s{skipped}); "
         f"packed manifest {result.manifest}"
     )
     return 0
@@ -131,31 +150,23 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """``data synth``, ``data import``, ``data check``, ``data pack``."""
+    from bioscale.data.image_config import BAD_SAMPLE_POLICIES, CROP_MODES, NORMALISE_KINDS
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_cmd", required=True)
-    synth = data.add_parser("synth", help="generate synthetic data").add_subparsers(
-        dest="synth_kind", required=True
+    from bioscale.data import kinds
+
+    generators = kinds.synthetic_kinds()
+    synth = data.add_parser(
+        "synth",
+        help="generate a synthetic dataset of a data kind",
+        description="Generate a synthetic dataset: "
+        + "; ".join(f"{n}: {k.synthetic.help}" for n, k in generators.items() if n == k.name)
+        + ". `bioscale data synth KIND --help` lists KIND's options.",
+        add_help=True,
     )
-    prof = synth.add_parser("profiles", help="a synthetic Cell Painting profile screen")
-    prof.add_argument("--out", required=True, help="output folder")
-    prof.add_argument("--seed", type=int, default=0)
-    prof.set_defaults(func=cmd_synth_profiles)
-    img = synth.add_parser(
-        "images", help="synthetic 5-dye Cell Painting sites (LZW TIFFs, LoadData CSV, metadata)"
-    )
-    img.add_argument("--out", required=True, help="output folder")
-    img.add_argument("--seed", type=int, default=0)
-    img.add_argument("--size", type=int, default=128, help="site size in pixels (default 128)")
-    img.add_argument("--sites-per-well", type=int, default=2)
-    img.set_defaults(func=cmd_synth_images)
-    nat = synth.add_parser(
-        "natural", help="objects whose class is a small mark, with 'human' maps of the mark"
-    )
-    nat.add_argument("--out", required=True, help="output folder")
-    nat.add_argument("--seed", type=int, default=0)
-    nat.add_argument("--per-class", type=int, default=40)
-    nat.add_argument("--size", type=int, default=64)
-    nat.set_defaults(func=cmd_synth_natural)
+    synth.add_argument("synth_kind", metavar="KIND", choices=list(generators))
+    synth.add_argument("options", nargs=argparse.REMAINDER, help="--out DIR and KIND's options")
+    synth.set_defaults(func=cmd_synth)
 
     imp = data.add_parser("import", help="import image datasets into a manifest").add_subparsers(
         dest="import_format", required=True
@@ -205,14 +216,23 @@ def add_commands(sub) -> None:
     pk = data.add_parser("pack", help="decode, normalise and crop once into Parquet shards")
     pk.add_argument("manifest")
     pk.add_argument("--out", required=True, help="shard folder")
-    pk.add_argument("--crop", type=int, default=256)
+    pk.add_argument("--dyes", help="comma-separated channel order (default: every dye)")
+    pk.add_argument("--crop", type=int, default=256, help="pixels, after downsampling")
     pk.add_argument("--crops-per-site", type=int, default=4)
+    pk.add_argument("--crop-mode", choices=list(CROP_MODES), default="random")
     pk.add_argument("--dtype", choices=["uint16", "float16"], default="uint16")
-    pk.add_argument(
-        "--normalise", choices=["percentile", "plate_controls", "none"], default="percentile"
-    )
+    pk.add_argument("--normalise", choices=list(NORMALISE_KINDS), default="percentile")
     pk.add_argument("--downsample", type=int, default=1)
     pk.add_argument("--illumination", action="store_true", help="divide by illum_<Dye>")
+    pk.add_argument(
+        "--bad-samples",
+        choices=list(BAD_SAMPLE_POLICIES),
+        default="error",
+        help="an unreadable site: stop (error) or leave it out and list it (skip)",
+    )
+    pk.add_argument(
+        "--max-skipped", type=float, default=0.01, help="fraction of sites skip may leave out"
+    )
     pk.add_argument("--seed", type=int, default=0, help="seed of the random crops")
     pk.add_argument("--shard-mb", type=float, default=128.0, help="target shard size (MiB)")
     pk.add_argument("--workers", type=int, default=1, help="local decode processes")

@@ -22,16 +22,21 @@ from __future__ import annotations
 import functools
 import io
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import numpy as np
 
 from bioscale.data.hashing import rank_key
+from bioscale.data.image_config import (  # noqa: F401  (the image config, re-exported)
+    BAD_SAMPLE_POLICIES,
+    CROP_MODES,
+    NORMALISE_KINDS,
+    CropConfig,
+    DecodeConfig,
+    ImageConfig,
+    NormaliseConfig,
+)
 from bioscale.errors import BioscaleError
-
-NORMALISE_KINDS = ("percentile", "plate_controls", "none")
-CROP_MODES = ("random", "centre", "tiles")
-BAD_SAMPLE_POLICIES = ("error", "skip")
 
 
 class ImageReadError(BioscaleError):
@@ -135,77 +140,6 @@ def read_illumination(uri: str) -> np.ndarray:
     return illum
 
 
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True, kw_only=True)
-class NormaliseConfig:
-    """Per-channel intensity normalisation to [0, 1].
-
-    ``percentile``: clip each channel of each site at its ``low``/``high`` percentiles and scale.
-    ``plate_controls``: the same with percentiles pooled over the plate's control sites
-    (see :func:`plate_control_stats`), so a compound's effect on brightness survives.
-    ``none``: raw intensities as float32 (uint16 → [0, 65535]).
-    """
-
-    kind: str = "percentile"
-    low: float = 1.0  # percent
-    high: float = 99.9  # percent
-
-    def __post_init__(self) -> None:
-        if self.kind not in NORMALISE_KINDS:
-            raise ValueError(f"normalise.kind {self.kind!r}; choose one of {NORMALISE_KINDS}")
-        if not 0.0 <= self.low < self.high <= 100.0:
-            raise ValueError(
-                f"normalise percentiles need 0 <= low < high <= 100, got {self.low}, {self.high}"
-            )
-
-
-@dataclass(frozen=True, kw_only=True)
-class CropConfig:
-    """Crops of a (downsampled) site: ``random`` (training), ``centre`` or ``tiles`` (evaluation).
-
-    ``size`` is in pixels after downsampling; ``None`` keeps the whole site. ``tiles`` cuts the
-    site into a non-overlapping grid of ``size``-pixel tiles, centred, and ignores ``per_site``.
-    """
-
-    size: int | None = 256
-    per_site: int = 1
-    mode: str = "random"
-    downsample: int = 1  # integer factor; block-mean pooling before cropping
-
-    def __post_init__(self) -> None:
-        if self.mode not in CROP_MODES:
-            raise ValueError(f"crop.mode {self.mode!r}; choose one of {CROP_MODES}")
-        if (self.size is not None and self.size < 1) or self.per_site < 1 or self.downsample < 1:
-            raise ValueError("crop.size, crop.per_site and crop.downsample must be >= 1")
-
-
-@dataclass(frozen=True, kw_only=True)
-class DecodeConfig:
-    """Everything :func:`decode_batch` does to a site, validated once."""
-
-    dyes: tuple[str, ...]
-    crop: CropConfig = field(default_factory=CropConfig)
-    normalise: NormaliseConfig = field(default_factory=NormaliseConfig)
-    illumination: bool = False  # divide by ``illum_<Dye>`` when the manifest has them
-    bad_sample_policy: str = "error"
-
-    def __post_init__(self) -> None:
-        if not self.dyes:
-            raise ValueError("decode needs at least one dye")
-        if self.bad_sample_policy not in BAD_SAMPLE_POLICIES:
-            raise ValueError(
-                f"bad_sample_policy {self.bad_sample_policy!r}; choose one of {BAD_SAMPLE_POLICIES}"
-            )
-
-    def crops_per_site(self, height: int, width: int) -> int:
-        c = self.crop
-        if c.size is None or c.mode != "tiles":
-            return 1 if c.size is None else c.per_site
-        return max(1, height // c.downsample // c.size) * max(1, width // c.downsample // c.size)
-
-
 # --------------------------------------------------------------------------- pixel operations
 
 
@@ -300,8 +234,14 @@ def process_site(
         img = np.stack(channels)  # (C, H, W), raw dtype
     if cfg.normalise.kind == "none":
         used = np.tile(np.array([0.0, 1.0], dtype=np.float32), (n, 1))
-    elif bounds is not None:
+    elif bounds is not None:  # plate-control bounds; channels past them (a map): their own
         used = np.asarray(bounds, dtype=np.float32)
+        if len(used) < n:
+            own = [
+                percentiles(img[i], cfg.normalise.low, cfg.normalise.high)
+                for i in range(len(used), n)
+            ]
+            used = np.concatenate([used, np.asarray(own, dtype=np.float32)])
     else:
         used = np.array(
             [percentiles(img[i], cfg.normalise.low, cfg.normalise.high) for i in range(n)],
@@ -405,7 +345,8 @@ def decode_rows(
     missing = [c for c in path_cols if c not in batch]
     if missing:
         raise BioscaleError(f"decode: the batch lacks column(s) {', '.join(missing)}")
-    has_illum = cfg.illumination and all(c in batch for c in illum_cols)
+    # a channel without an illumination function (the expert map) is left as it is
+    has_illum = cfg.illumination and any(c in batch for c in illum_cols)
     if cfg.illumination and not has_illum:
         raise BioscaleError("decode: illumination=True but the manifest has no illum_<Dye> columns")
     results: list[tuple[np.ndarray | None, str]] = []
@@ -422,7 +363,7 @@ def decode_rows(
                         "with plate_control_stats(manifest)"
                     )
                 bounds = plate_stats[plate]
-            illum = [batch[c][i] for c in illum_cols] if has_illum else None
+            illum = [batch[c][i] if c in batch else None for c in illum_cols] if has_illum else None
             crops, _ = process_site(
                 channels, cfg, illum=illum, bounds=bounds, rng=sample_rng(rng, sid)
             )
@@ -451,25 +392,44 @@ def decode_rows(
 
 def plate_control_stats(
     manifest: str,
-    cfg: NormaliseConfig = NormaliseConfig(kind="plate_controls"),
+    cfg: NormaliseConfig | None = None,
     *,
+    dyes: list[str] | tuple[str, ...] | None = None,
     max_sites_per_plate: int = 16,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per plate, per channel ``[low, high]`` percentiles pooled over (up to
-    ``max_sites_per_plate``, chosen by a stable hash) control sites; (C, 2) float32 per plate."""
+    ``max_sites_per_plate``, chosen by a stable hash) control sites; (C, 2) float32 per plate,
+    channels in ``dyes`` order (default: the manifest's). ``progress(plates_done, plates)``."""
     import pyarrow.parquet as pq
 
     from bioscale.data.manifest import dyes_of
 
-    table = pq.read_table(manifest)
-    dyes = dyes_of(table.schema, str(manifest))
+    cfg = cfg or NormaliseConfig(kind="plate_controls")
+    available = dyes_of(pq.read_schema(manifest), str(manifest))
+    dyes = list(dyes or available)
+    missing_dyes = [d for d in dyes if d not in available]
+    if missing_dyes:
+        raise BioscaleError(
+            f"dyes {', '.join(missing_dyes)} are not in manifest {manifest} (it has "
+            f"{', '.join(available)})"
+        )
+    table = pq.read_table(
+        manifest, columns=["sample_id", "plate", "group", *[f"path_{d}" for d in dyes]]
+    )
     rows = table.to_pylist()
     by_plate: dict[str, list[dict]] = {}
     for r in rows:
         if r["group"] == "control":
             by_plate.setdefault(r["plate"], []).append(r)
+    missing = sorted({r["plate"] for r in rows} - set(by_plate))
+    if missing:
+        raise BioscaleError(
+            f"plates {', '.join(missing[:5])} of {manifest} have no control sites, so "
+            "normalise: plate_controls has nothing to pool there; use normalise: percentile"
+        )
     stats = {}
-    for plate, sites in by_plate.items():
+    for done, (plate, sites) in enumerate(sorted(by_plate.items()), start=1):
         sites = sorted(sites, key=lambda r: rank_key(r["sample_id"], "plate-stats"))[
             :max_sites_per_plate
         ]
@@ -480,10 +440,6 @@ def plate_control_stats(
             for d in dyes
         ]
         stats[plate] = np.array([percentiles(p, cfg.low, cfg.high) for p in pooled], np.float32)
-    missing = sorted({r["plate"] for r in rows} - set(stats))
-    if missing:
-        raise BioscaleError(
-            f"plates {', '.join(missing[:5])} of {manifest} have no control sites; use "
-            "normalise='percentile'"
-        )
+        if progress is not None:
+            progress(done, len(by_plate))
     return stats

@@ -18,11 +18,12 @@ metadata: ``bioscale.kind = cellpainting-packed``, ``bioscale.dyes``, ``bioscale
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +32,16 @@ import pyarrow.parquet as pq
 
 from bioscale.data import manifest as mf
 from bioscale.data.images import (
-    CropConfig,
+    CROP_MODES,
     DecodeConfig,
-    NormaliseConfig,
+    ImageConfig,
+    ImageReadError,
     plate_control_stats,
     process_site,
     read_site,
     sample_rng,
 )
-from bioscale.errors import ManifestError
+from bioscale.errors import ConfigError, ManifestError
 
 KIND = b"cellpainting-packed"
 META_CROP_SHAPE = b"bioscale.crop_shape"
@@ -49,16 +51,15 @@ DTYPES = {"uint16": np.uint16, "float16": np.float16}
 
 
 @dataclass(frozen=True, kw_only=True)
-class PackConfig:
-    """How sites become crops (see :class:`bioscale.data.images.DecodeConfig`)."""
+class PackConfig(ImageConfig):
+    """How ``data pack`` turns sites into stored crops: the image config
+    (:class:`bioscale.data.images.ImageConfig`: dyes, crop, crops_per_site, downsample,
+    normalise, illumination, bad_samples, max_skipped) and how its crops are stored."""
 
     crop: int = 256  # pixels, after downsampling
     crops_per_site: int = 4
     crop_mode: str = "random"  # random | centre | tiles
     dtype: str = "uint16"
-    normalise: str = "percentile"  # percentile | plate_controls | none
-    downsample: int = 1
-    illumination: bool = False
     seed: int = 0  # random crops: drawn from hash(sample_id, seed)
     shard_mb: float = 128.0  # target shard size, MiB of pixels
     row_group_crops: int = 64
@@ -66,22 +67,16 @@ class PackConfig:
     compression: str = "none"  # pixels barely compress; lz4 streamed 5× slower here
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.dtype not in DTYPES:
-            raise ValueError(f"pack dtype {self.dtype!r}; choose one of {sorted(DTYPES)}")
-        self.decode_config(("DNA",))  # validates crop/normalise fields
+            raise ConfigError(f"pack dtype {self.dtype!r}; choose one of {sorted(DTYPES)}")
+        if self.crop_mode not in CROP_MODES:
+            raise ConfigError(f"pack crop_mode {self.crop_mode!r}; choose one of {CROP_MODES}")
+        if self.shard_mb <= 0 or self.row_group_crops < 1 or self.workers < 1:
+            raise ConfigError("pack: shard_mb > 0, row_group_crops >= 1 and workers >= 1")
 
-    def decode_config(self, dyes: tuple[str, ...]) -> DecodeConfig:
-        return DecodeConfig(
-            dyes=dyes,
-            crop=CropConfig(
-                size=self.crop,
-                per_site=self.crops_per_site,
-                mode=self.crop_mode,
-                downsample=self.downsample,
-            ),
-            normalise=NormaliseConfig(kind=self.normalise),
-            illumination=self.illumination,
-        )
+    def pack_decode(self, dyes: tuple[str, ...]) -> DecodeConfig:
+        return self.decode_config(dyes, mode=self.crop_mode, per_site=self.crops_per_site)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +88,8 @@ class PackResult:
     n_shards: int
     crop_shape: tuple[int, int, int]
     seconds: float
+    #: sites left out (``bad_samples: skip``): sample id → why the file could not be read
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def shard_schema(dyes: list[str], crop_shape: tuple[int, int, int], cfg: PackConfig) -> pa.Schema:
@@ -128,16 +125,25 @@ def _pack_shard(
     cfg: PackConfig,
     out: str,
     plate_stats: dict[str, np.ndarray] | None,
-) -> tuple[str, list[int], tuple[int, int, int]]:
-    """Decode ``rows`` into one shard file; returns (file, crops per row, crop shape)."""
-    dcfg = cfg.decode_config(tuple(dyes))
+) -> tuple[str | None, list[int], tuple[int, int, int] | None, dict[str, str]]:
+    """Decode ``rows`` into one shard file; returns (file, crops per row, crop shape, the sites
+    that could not be read with ``bad_samples: skip``: sample id → error). A shard whose every
+    site is bad writes no file."""
+    dcfg = cfg.pack_decode(tuple(dyes))
     dtype = DTYPES[cfg.dtype]
     meta = {c: [] for c in mf.METADATA_COLUMNS}
-    crop_index, bounds, pixels, counts = [], [], [], []
+    crop_index, bounds, pixels, counts, bad = [], [], [], [], {}
     shape = None
     for r in rows:
         sid = r["sample_id"]
-        channels = read_site([r[f"{mf.PATH_PREFIX}{d}"] for d in dyes], sample_id=sid)
+        try:
+            channels = read_site([r[f"{mf.PATH_PREFIX}{d}"] for d in dyes], sample_id=sid)
+        except ImageReadError as err:
+            if cfg.bad_samples == "error":
+                raise
+            bad[sid] = str(err)
+            counts.append(0)
+            continue
         illum = [r.get(f"{mf.ILLUM_PREFIX}{d}") for d in dyes] if cfg.illumination else None
         crops, used = process_site(
             channels,
@@ -158,7 +164,8 @@ def _pack_shard(
             crop_index.append(k)
             bounds.append(used.reshape(-1))
             pixels.append(crop.tobytes())
-    assert shape is not None
+    if shape is None:
+        return None, counts, None, bad
     schema = shard_schema(dyes, shape, cfg)
     arrays = [pa.array(meta[c], type=schema.field(c).type) for c in mf.METADATA_COLUMNS]
     arrays.append(pa.array(crop_index, pa.int32()))
@@ -169,22 +176,40 @@ def _pack_shard(
     tmp = Path(out).with_suffix(".tmp")
     pq.write_table(table, tmp, row_group_size=cfg.row_group_crops, compression=cfg.compression)
     tmp.replace(out)
-    return out, counts, tuple(shape)
+    return out, counts, tuple(shape), bad
 
 
-def pack_manifest(manifest: str | Path, out_dir: str | Path, cfg: PackConfig) -> PackResult:
-    """Pack every site of ``manifest`` into shards under ``out_dir``; see the module docstring."""
+def pack_dyes(cfg: ImageConfig, available: list[str], manifest: str) -> list[str]:
+    """The channels to pack: ``cfg.dyes`` (each in the manifest) or all of the manifest's."""
+    if cfg.dyes is None:
+        return list(available)
+    missing = [d for d in cfg.dyes if d not in available]
+    if missing:
+        raise ConfigError(
+            f"dyes {', '.join(missing)} are not in manifest {manifest} (it has "
+            f"{', '.join(available)})"
+        )
+    return list(cfg.dyes)
+
+
+def pack_manifest(
+    manifest: str | Path,
+    out_dir: str | Path,
+    cfg: PackConfig,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> PackResult:
+    """Pack every site of ``manifest`` into shards under ``out_dir``; see the module docstring.
+    ``progress(sites_done, sites)`` is called as each shard is written."""
     t0 = time.perf_counter()
     table = pq.read_table(manifest)
-    dyes = mf.dyes_of(table.schema, str(manifest))
+    dyes = pack_dyes(cfg, mf.dyes_of(table.schema, str(manifest)), str(manifest))
     mf.validate_table(table, str(manifest))
     rows = table.to_pylist()
     if not rows:
         raise ManifestError(f"manifest {manifest} has no sites to pack")
     plate_stats = (
-        plate_control_stats(str(manifest), NormaliseConfig(kind="plate_controls"))
-        if cfg.normalise == "plate_controls"
-        else None
+        plate_control_stats(str(manifest), dyes=dyes) if cfg.normalise == "plate_controls" else None
     )
     side = cfg.crop
     crop_bytes = len(dyes) * side * side * np.dtype(DTYPES[cfg.dtype]).itemsize
@@ -196,17 +221,35 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, cfg: PackConfig) ->
     parts = [rows[i : i + per_shard] for i in range(0, len(rows), per_shard)]
     names = [str(out / f"shard-{i:05d}.parquet") for i in range(len(parts))]
     args = ([dyes] * len(parts), [cfg] * len(parts), names, [plate_stats] * len(parts))
-    if cfg.workers > 1:
-        import multiprocessing as mp
+    results, done = [], 0
+    with contextlib.ExitStack() as stack:
+        if cfg.workers > 1:
+            import multiprocessing as mp
 
-        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
-            results = list(pool.map(_pack_shard, parts, *args))
-    else:
-        results = [_pack_shard(p, *a) for p, *a in zip(parts, *args, strict=True)]
-    site_cols = {c: [r[c] for r in rows] for c in mf.METADATA_COLUMNS}
-    site_cols[mf.PACKED_SHARD] = [Path(f).name for f, counts, _ in results for _ in counts]
-    site_cols["n_crops"] = [n for _, counts, _ in results for n in counts]
-    shape = results[0][2]
+            pool = stack.enter_context(
+                ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"))
+            )
+            shards = pool.map(_pack_shard, parts, *args)
+        else:
+            shards = (_pack_shard(p, *a) for p, *a in zip(parts, *args, strict=True))
+        for part, result in zip(parts, shards, strict=True):
+            results.append(result)
+            done += len(part)
+            if progress is not None:
+                progress(done, len(rows))
+    bad = {sid: err for *_, b in results for sid, err in b.items()}
+    if len(bad) > cfg.max_skipped * len(rows):
+        sid, err = next(iter(bad.items()))
+        raise ManifestError(
+            f"{len(bad)} of {len(rows)} sites of {manifest} could not be read, more than "
+            f"max_skipped={cfg.max_skipped:g} of them (first: {sid}: {err}); fix or remove "
+            "those files, or raise max_skipped"
+        )
+    kept = [r for r, n in zip(rows, (n for _, c, _, _ in results for n in c), strict=True) if n]
+    site_cols = {c: [r[c] for r in kept] for c in mf.METADATA_COLUMNS}
+    site_cols[mf.PACKED_SHARD] = [Path(f).name for f, counts, _, _ in results for n in counts if n]
+    site_cols["n_crops"] = [n for _, counts, _, _ in results for n in counts if n]
+    shape = next(s for _, _, s, _ in results if s is not None)
     schema = pa.schema(
         [pa.field(n, t) for n, t in zip(mf.METADATA_COLUMNS, _meta_types(), strict=True)]
         + [pa.field(mf.PACKED_SHARD, pa.string()), pa.field("n_crops", pa.int32())],
@@ -215,14 +258,16 @@ def pack_manifest(manifest: str | Path, out_dir: str | Path, cfg: PackConfig) ->
     packed = pa.Table.from_pydict(site_cols, schema=schema)
     mf.validate_table(packed, str(out / "manifest.parquet"))
     pq.write_table(packed, out / "manifest.parquet")
+    written = [Path(f) for f, *_ in results if f is not None]
     return PackResult(
         manifest=out / "manifest.parquet",
-        shards=[Path(n) for n in names],
-        n_sites=len(rows),
+        shards=written,
+        n_sites=len(kept),
         n_crops=sum(site_cols["n_crops"]),
-        n_shards=len(names),
+        n_shards=len(written),
         crop_shape=shape,
         seconds=time.perf_counter() - t0,
+        skipped=bad,
     )
 
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bioscale.data.manifest import FEATURES
+from bioscale.errors import BioscaleError
 
 
 def _selected(batch: pa.Table, sample_ids: pa.Array) -> tuple[pa.Table, np.ndarray]:
@@ -138,15 +139,29 @@ def _split_map(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def read_sites(
-    manifest: str | Path, dyes: list[str], *, num_blocks: int = 8, cpus_per_task: float = 0.25
+    manifest: str | Path,
+    dyes: list[str],
+    *,
+    extra: list[str] | tuple[str, ...] = (),
+    num_blocks: int = 8,
+    cpus_per_task: float = 0.25,
 ):
-    """An image manifest's ``sample_id`` and ``path_<Dye>`` columns as a Ray Dataset (a dye may
-    be ``MAP_DYE``: the expert map)."""
+    """An image manifest's ``sample_id`` and ``path_<Dye>`` columns (and the ``extra`` ones, e.g.
+    ``plate`` or ``illum_<Dye>``) as a Ray Dataset (a dye may be ``MAP_DYE``: the expert map)."""
 
-    columns = ["sample_id", *[f"path_{d}" for d in dyes]]
+    columns = ["sample_id", *[f"path_{d}" for d in dyes], *extra]
     return read_parquet(
         str(manifest), columns=columns, num_cpus=cpus_per_task, override_num_blocks=num_blocks
     )
+
+
+def site_columns(image, dyes: list[str]) -> list[str]:
+    """The manifest columns besides ``sample_id`` and the paths that decoding ``dyes`` as
+    ``image`` (an ``ImageConfig``) reads: ``plate`` for plate-control bounds, ``illum_<Dye>``."""
+    extra = ["plate"] if image.normalise == "plate_controls" else []
+    if image.illumination:
+        extra += [f"illum_{d}" for d in dyes if d != MAP_DYE]
+    return extra
 
 
 def decoded_sites(
@@ -154,12 +169,9 @@ def decoded_sites(
     sample_ids: np.ndarray,
     labels: dict[str, np.ndarray],
     *,
+    image,
     dyes: list[str],
-    crop: int,
-    crops_per_site: int,
-    crop_mode: str,
-    downsample: int,
-    normalise: str,
+    training: bool,
     seed: int | None,
     batch_size: int,
     cpus_per_task: float,
@@ -167,39 +179,48 @@ def decoded_sites(
     with_maps: bool = False,
     skips=None,
     decode_tasks: int | None = None,
+    plate_stats: dict[str, np.ndarray] | None = None,
 ):
     """Selected sites → decoded crops ``{"x": (C, crop, crop) float32, <label>: int64}``, streamed.
 
-    Rows are selected (and labelled) before any pixel is read; decoding runs in parallel
-    ``map_batches`` tasks of ``batch_size`` sites. A site that cannot be read stops the trial
-    with the sample and file named; with ``skips`` (a :class:`SkipLedger` actor) it is dropped
-    instead and recorded there. ``with_maps`` decodes the expert map as one more channel, so it
-    gets exactly the image's crops, then splits it off as ``map``/``has_map``. ``decode_tasks``
-    caps the concurrent decode tasks (default: as many as the CPUs allow).
+    ``image`` (a :class:`bioscale.data.images.ImageConfig`) says how a site becomes crops;
+    ``training`` takes its ``crops_per_site`` random crops per site (fresh every pass when
+    ``seed`` is None), otherwise one centre crop. ``sites`` must hold the columns
+    :func:`site_columns` names. Rows are selected (and labelled) before any pixel is read;
+    decoding runs in parallel ``map_batches`` tasks of ``batch_size`` sites. A site that cannot
+    be read stops the trial with the sample and file named; with ``skips`` (a
+    :class:`SkipLedger` actor) it is dropped instead and recorded there. ``with_maps`` decodes
+    the expert map as one more channel, so it gets exactly the image's crops, then splits it off
+    as ``map``/``has_map``. ``plate_stats``: the per-plate control bounds of ``normalise:
+    plate_controls`` (``bioscale.data.images.plate_control_stats``). ``decode_tasks`` caps the
+    concurrent decode tasks (default: as many as the CPUs allow).
     """
-    dyes = [*dyes, MAP_DYE] if with_maps else list(dyes)
-    from bioscale.data.images import decode_batch
+    from dataclasses import replace
 
-    keep = ["sample_id", *[f"path_{d}" for d in dyes]]
+    from bioscale.data.images import decode_rows
+
+    if image.normalise == "plate_controls" and plate_stats is None:
+        raise BioscaleError(
+            "normalise: plate_controls needs the plates' control bounds (plate_control_stats)"
+        )
+    dyes = [*dyes, MAP_DYE] if with_maps else list(dyes)
+    cfg = image.decode_config(
+        dyes,
+        mode="random" if training else "centre",
+        per_site=image.crops_per_site if training else 1,
+    )
+    cfg = replace(cfg, bad_sample_policy="error" if skips is None else "skip")
+    keep = ["sample_id", *[f"path_{d}" for d in dyes], *site_columns(image, dyes)]
     selected = select_rows(sites, sample_ids, labels, keep, cpus_per_task=select_cpus)
     import ray.data
 
     decoded = selected.map_batches(
-        decode_batch,
+        decode_rows,
         batch_format="numpy",
         batch_size=batch_size,
         num_cpus=cpus_per_task,
         compute=None if decode_tasks is None else ray.data.TaskPoolStrategy(size=decode_tasks),
-        fn_kwargs={
-            "dyes": list(dyes),
-            "crop": crop,
-            "crops_per_site": crops_per_site,
-            "crop_mode": crop_mode,
-            "downsample": downsample,
-            "rng": seed,
-            "normalise": normalise,
-            "bad_sample_policy": "error" if skips is None else "skip",
-        },
+        fn_kwargs={"cfg": cfg, "rng": seed, "plate_stats": plate_stats},
     )
     if skips is not None:
         decoded = decoded.map_batches(

@@ -29,28 +29,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-#: ``layers`` value meaning every layer of the model.
-ALL = "all"
-
-
-def layer_names(model: nn.Module) -> list[str]:
-    """The model's feature layers, shallow to deep (module paths of ``model.named_modules()``).
-
-    Raises:
-        ValueError: naming the model's type, when it exposes no feature layers.
-    """
-    own = getattr(model, "feature_layer_names", None)
-    if callable(own):
-        return list(own())
-    info = getattr(model, "feature_info", None)
-    if info:
-        # timm: a list of {"module": ..., "num_chs": ..., "reduction": ...} (or a FeatureInfo)
-        names = info.module_name() if hasattr(info, "module_name") else [f["module"] for f in info]
-        return list(names)
-    raise ValueError(
-        f"{type(model).__name__} exposes no feature layers: layer search needs a timm model "
-        "(feature_info) or a module with feature_layer_names()"
-    )
+from bioscale.models.layers import ALL, layer_names, pick_layers
 
 
 def resolve_layers(model: nn.Module, layers: str | Sequence[str | int] | None = ALL) -> list[str]:
@@ -60,20 +39,7 @@ def resolve_layers(model: nn.Module, layers: str | Sequence[str | int] | None = 
     Raises:
         ValueError: naming the unknown layer and the model's layers.
     """
-    names = layer_names(model)
-    if layers is None or layers == ALL:
-        return names
-    wanted: set[str] = set()
-    for item in layers:
-        if isinstance(item, int):
-            if not -len(names) <= item < len(names):
-                raise ValueError(f"layer index {item} out of range: the model has {len(names)}")
-            wanted.add(names[item])
-        elif item in names:
-            wanted.add(item)
-        else:
-            raise ValueError(f"unknown layer {item!r}; this model's layers: {', '.join(names)}")
-    return [n for n in names if n in wanted]
+    return pick_layers(layer_names(model), layers)
 
 
 def pool(out: Any, prefix_tokens: int = 0) -> torch.Tensor:

@@ -37,6 +37,9 @@ class TrialPayload:
     reads_maps: bool
     manifest: str
     storage: str
+    #: what the data kind computed from the whole manifest once for every trial
+    #: (``DataKind.prepare``: e.g. plate-control normalisation bounds)
+    prepared: Any = None
 
     @property
     def kind(self) -> kinds.DataKind:
@@ -49,7 +52,14 @@ class TrialPayload:
     def datasets(self, index: Any, data: Any, skips: Any = None) -> dict[str, Any]:
         """The trial's Ray Datasets from its selection (``study.plan.trial_data``)."""
         return build_datasets(
-            self.data, self.resources, self.reads_maps, self.manifest, index, data, skips=skips
+            self.data,
+            self.resources,
+            self.reads_maps,
+            self.manifest,
+            index,
+            data,
+            skips=skips,
+            prepared=self.prepared,
         )
 
 
@@ -61,9 +71,12 @@ def build_datasets(
     index: Any,
     data: Any,
     skips: Any = None,
+    prepared: Any = None,
 ) -> dict[str, Any]:
     """A trial's Ray Datasets, as its data kind builds them: ``train``, ``val``, ``probe`` and,
-    when the trial's alignment reads human maps (``maps``), ``held_out`` (the probe-test images)."""
+    when the trial's alignment reads human maps (``maps``), ``held_out`` (the probe-test images).
+    ``prepared``: the kind's study-wide state (``DataKind.prepare``), computed here if ``None``
+    and the kind has any (so a single trial's datasets can be rebuilt after the fact)."""
     sets = TrialSets(
         train=data.train,
         val=data.val,
@@ -71,7 +84,10 @@ def build_datasets(
         held_out=data.held_out if maps else None,
     )
     cpus = DataCpus(select=resources.data_cpus_per_task, decode=data_spec.image.decode_cpus)
-    return kinds.get(data_spec.kind).datasets(data_spec, manifest, index, sets, cpus, skips=skips)
+    kind = kinds.get(data_spec.kind)
+    if prepared is None:
+        prepared = kind.prepare(data_spec, manifest)
+    return kind.datasets(data_spec, manifest, index, sets, cpus, skips=skips, prepared=prepared)
 
 
 def worker_runtime(spec: StudySpec) -> WorkerRuntime:
@@ -88,10 +104,25 @@ def reads_maps(spec: StudySpec) -> bool:
     return spec.alignment is not None and bool(set(MAP_EVALUATIONS) & set(spec.alignment.enabled()))
 
 
-def payloads(spec: StudySpec, study_plan: StudyPlan, trials: list[Trial], storage: str):
-    """One ``TrialPayload`` per trial to run."""
+def payloads(
+    spec: StudySpec,
+    study_plan: StudyPlan,
+    trials: list[Trial],
+    storage: str,
+    progress: Any = None,
+):
+    """One ``TrialPayload`` per trial to run; the data kind's study-wide state is computed here,
+    once (``progress(message)`` says so when it reads samples)."""
     runtime = worker_runtime(spec)
     maps = reads_maps(spec)
+    kind = kinds.get(spec.data.kind)
+    say = progress or (lambda message: None)
+
+    def step(done: int, total: int) -> None:  # about ten lines however long it takes
+        if done == total or done % max(1, total // 10) == 0:
+            say(f"  preparing the {spec.data.kind} data for every trial: {done}/{total}")
+
+    prepared = kind.prepare(spec.data, study_plan.manifest.path, step) if trials else None
     return [
         TrialPayload(
             key=t.key,
@@ -110,6 +141,7 @@ def payloads(spec: StudySpec, study_plan: StudyPlan, trials: list[Trial], storag
             reads_maps=maps,
             manifest=study_plan.manifest.path,
             storage=str(storage),
+            prepared=prepared,
         )
         for t in trials
     ]

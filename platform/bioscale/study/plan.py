@@ -383,18 +383,15 @@ def check_alignment(spec: StudySpec, manifest: kinds.Manifest) -> None:
     check_data(resolved)
     layered = [(i, n) for i, n in enumerate(cfg.neural) if n.layers != "all"]
     if layered:
-        import torch
-
-        from bioscale.eval.layers import resolve_layers
-        from bioscale.models.ladder import get_rung
+        from bioscale.models.layers import pick_layers
+        from bioscale.train.measure import layer_names
 
         crop = spec.data.image.crop
         for rung in sorted({r for grid in spec.grids for r in grid.rung}):
-            with torch.device("meta"):  # layer names need no parameters
-                backbone = get_rung(rung).build((3, crop, crop))
+            names = layer_names(rung, (3, crop, crop))
             for i, n in layered:
                 try:
-                    resolve_layers(backbone, n.layers)
+                    pick_layers(names, n.layers)
                 except ValueError as err:
                     raise ConfigError(f"alignment.neural[{i}].layers, rung {rung}: {err}") from None
 

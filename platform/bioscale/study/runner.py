@@ -89,15 +89,13 @@ def ensure_manifest(spec: StudySpec, out_dir: Path, progress: Progress = _print)
     """The study's manifest path; a synthetic screen is generated into ``out_dir/data`` once."""
     if spec.data.manifest is not None:
         return Path(spec.data.manifest)
-    from bioscale.data.synth import generate_profiles
-
     data_dir = out_dir / "data"
     stamp = data_dir / "synth_fingerprint"
     path = data_dir / "manifest.parquet"
     fingerprint = spec.data.synthetic.fingerprint()
     if not path.exists() or not stamp.exists() or stamp.read_text() != fingerprint:
         progress(f"generating the synthetic screen into {data_dir} ...")
-        generate_profiles(spec.data.synthetic, data_dir)
+        path = kinds.get(spec.data.kind).synthesize(spec.data.synthetic, data_dir).manifest
         stamp.write_text(fingerprint)
     return path
 
@@ -601,7 +599,7 @@ def _tune(
         + hashlib.sha256("".join(sorted(t.key for t in pending)).encode()).hexdigest()[:10]
     )
     _clear(f"{storage}/{name}")  # an interrupted attempt at the same pending set: start clean
-    runs = payloads(spec, study_plan, pending, storage)
+    runs = payloads(spec, study_plan, pending, storage, progress)
     writer = TrialWriter(tracker, experiment_id, parent_id, progress=progress)
     by_key = {p.key: p for p in runs}
     callback = _make_callback(writer, len(study_plan.trials), progress, earlier, by_key)

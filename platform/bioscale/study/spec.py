@@ -18,6 +18,7 @@ import yaml
 from bioscale.config import from_mapping, to_mapping
 from bioscale.data import kinds
 from bioscale.data.diets import Diet
+from bioscale.data.image_config import ImageConfig
 from bioscale.data.natural import MapConfig
 from bioscale.data.splits import SplitConfig
 from bioscale.data.synth import SynthProfilesConfig
@@ -48,36 +49,20 @@ class ObjectiveSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ImageSpec:
-    """How image sites become training tensors (``data.kind: cellpainting``).
+class ImageSpec(ImageConfig):
+    """A study's ``data.image``: how image sites become tensors (``bioscale.data.images.
+    ImageConfig``: dyes, crop, crops_per_site, downsample, normalise, illumination, bad_samples,
+    max_skipped) and how a trial schedules decoding: Ray Data tasks of ``decode_cpus`` logical
+    CPUs each, ``decode_batch_size`` sites at a time. Which fields apply depends on the data
+    kind (``bioscale.data.kinds``: ``natural`` reads crop and the decode settings only)."""
 
-    Crops are ``crop`` pixels after ``downsample``-fold block averaging; training takes
-    ``crops_per_site`` random crops per site per pass, evaluation the centre crop. ``dyes`` fixes
-    the channel order (default: the manifest's dyes). Decoding runs in Ray Data tasks of
-    ``decode_cpus`` logical CPUs each, ``decode_batch_size`` sites at a time.
-    """
-
-    dyes: list[str] | None = None
-    crop: int = 64
-    crops_per_site: int = 1
-    downsample: int = 1
-    normalise: Literal["percentile", "none"] = "percentile"
     decode_batch_size: int = 16
     decode_cpus: float = 0.5
-    #: a site whose TIFF cannot be read: ``error`` stops the trial naming the sample and file;
-    #: ``skip`` drops it from training, counts it (``train/skipped_samples``) and lists it in the
-    #: trial's ``skipped_samples.json`` artifact — up to ``max_skipped`` (a fraction of the
-    #: trial's training sites), past which the trial fails.
-    bad_samples: Literal["error", "skip"] = "error"
-    max_skipped: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.crop < 8 or self.crops_per_site < 1 or self.downsample < 1:
-            raise ConfigError("data.image: crop >= 8, crops_per_site >= 1, downsample >= 1")
-        if not 0.0 <= self.max_skipped <= 1.0:
-            raise ConfigError(
-                "data.image.max_skipped is a fraction of the training sites, in [0, 1]"
-            )
+        super().__post_init__()
+        if self.decode_batch_size < 1 or self.decode_cpus <= 0:
+            raise ConfigError("data.image: decode_batch_size >= 1 and decode_cpus > 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -365,17 +350,13 @@ def _check_probe_layers(spec: StudySpec) -> None:
     parameter-free (meta-device) builds, before any compute."""
     if spec.probe.selection != "search" or spec.probe.layers == "all":
         return
-    import torch
-
-    from bioscale.eval.layers import resolve_layers
-    from bioscale.models.ladder import get_rung
+    from bioscale.models.layers import pick_layers
+    from bioscale.train.measure import layer_names
 
     # layer names depend on neither the input size nor the channel count: any valid shape will do
     shape = kinds.get(spec.data.kind).any_sample_shape(spec.data)
     for rung in sorted({r for grid in spec.grids for r in grid.rung}):
-        with torch.device("meta"):
-            backbone = get_rung(rung).build(shape)
         try:
-            resolve_layers(backbone, spec.probe.layers)
+            pick_layers(layer_names(rung, shape), spec.probe.layers)
         except ValueError as err:
             raise ConfigError(f"probe.layers, rung {rung}: {err}") from None

@@ -1,5 +1,6 @@
 """What the plan measures with torch, out of the plan's process: a rung's parameter counts and its
-training-step FLOPs under an objective, and whether this machine's CPU computes bf16 natively.
+training-step FLOPs under an objective, its feature layers' names, and whether this machine's CPU
+computes bf16 natively.
 
 ``bioscale study plan`` never imports torch: when torch is not loaded yet, the measurements run in
 one helper process (``python -m bioscale.train.measure``, started on the first request and kept
@@ -46,6 +47,23 @@ def cpu_bf16_native() -> bool:
     return bool(_ask({"op": "cpu_bf16_native"}))
 
 
+def layer_names(rung: str, input_shape: tuple[int, ...]) -> list[str]:
+    """The feature layers of ``rung``'s backbone on ``input_shape`` inputs, shallow to deep
+    (``bioscale.eval.layers.layer_names``, on a parameter-free build)."""
+    return list(_ask({"op": "layer_names", "rung": rung, "input_shape": list(input_shape)}))
+
+
+def _measure_layer_names(request: dict[str, Any]) -> list[str]:
+    import torch
+
+    from bioscale.models.ladder import get_rung
+    from bioscale.models.layers import layer_names as names_of
+
+    with torch.device("meta"):  # layer names need no parameters
+        backbone = get_rung(request["rung"]).build(tuple(request["input_shape"]))
+    return names_of(backbone)
+
+
 def _measure_size_and_flops(request: dict[str, Any]) -> list[Any]:
     import torch
 
@@ -81,7 +99,11 @@ def _measure_cpu_bf16_native(request: dict[str, Any]) -> bool:
     return bf16_native(torch.device("cpu"))
 
 
-_OPS = {"size_and_flops": _measure_size_and_flops, "cpu_bf16_native": _measure_cpu_bf16_native}
+_OPS = {
+    "size_and_flops": _measure_size_and_flops,
+    "cpu_bf16_native": _measure_cpu_bf16_native,
+    "layer_names": _measure_layer_names,
+}
 
 
 def _answer(request: dict[str, Any]) -> Any:

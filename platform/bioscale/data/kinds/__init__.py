@@ -67,6 +67,31 @@ class TrialSets:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Synthetic:
+    """A kind's synthetic generator, run as ``bioscale data synth <kind>``: its config is a
+    frozen dataclass of scalar fields (``"module:Class"``, imported when used), each a
+    ``--flag`` of the command; the kind's :meth:`DataKind.synthesize` writes the data."""
+
+    help: str
+    config: str
+    #: other names the command accepts for the kind (kept for scripts that used them)
+    aliases: tuple[str, ...] = ()
+
+    def config_class(self) -> type:
+        module, name = self.config.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Synthesized:
+    """What a synthetic generator wrote: the manifest to point ``data.manifest`` at, and a line
+    for the console."""
+
+    manifest: Path
+    summary: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class DataCpus:
     """Logical CPUs of a trial's Ray Data tasks: row selection and, for images, decoding."""
 
@@ -95,7 +120,12 @@ class DataKind:
     #: the settings of ``data:`` this kind reads besides ``manifest`` and ``splits``
     #: (``image``, ``maps``, ``non_finite``, ``synthetic``)
     settings: ClassVar[frozenset[str]] = frozenset()
+    #: the fields of ``data.image`` this kind reads (``None``: all of them); setting another
+    #: one is refused at load rather than silently ignored
+    image_fields: ClassVar[frozenset[str] | None] = None
     wording: ClassVar[Wording]
+    #: the kind's synthetic generator (``bioscale data synth <kind>``), or ``None``
+    synthetic: ClassVar[Synthetic | None] = None
 
     # ------------------------------------------------------------------ the study's settings
     def validate(self, data: Any) -> None:
@@ -110,11 +140,22 @@ class DataKind:
                     f"data.{setting} does not apply to data.kind {self.name!r}"
                     f"{self._setting_hint(setting)}: remove it"
                 )
+        if "image" in self.settings and self.image_fields is not None:
+            ignored = [
+                f.name
+                for f in dataclasses.fields(data.image)
+                if f.name not in self.image_fields
+                and getattr(data.image, f.name) != _default(data.image, f.name)
+            ]
+            if ignored:
+                raise ConfigError(
+                    f"data.image.{', data.image.'.join(ignored)} does not apply to data.kind "
+                    f"{self.name!r} (it reads {', '.join(sorted(self.image_fields))}): remove it"
+                )
         if data.synthetic is not None and "synthetic" not in self.settings:
             raise ConfigError(
-                "data.synthetic generates profiles; for images run `bioscale data synth images` "
-                "(Cell Painting) or `bioscale data synth natural` and point data.manifest at its "
-                "manifest"
+                "data.synthetic generates profiles; for images run `bioscale data synth "
+                f"{self.name}` and point data.manifest at the manifest it writes"
             )
 
     @staticmethod
@@ -173,7 +214,21 @@ class DataKind:
 
         raise ConfigError(f"data.kind {self.name!r} samples are not images")
 
+    def synthesize(self, config: Any, out: str | Path) -> Synthesized:
+        """Generate a synthetic dataset of this kind (``config``: an instance of
+        ``synthetic.config``) into the folder ``out``."""
+        from bioscale.errors import ConfigError
+
+        raise ConfigError(f"data.kind {self.name!r} has no synthetic generator")
+
     # ----------------------------------------------------------------------------- a trial
+    def prepare(self, data: Any, path: str | Path, progress: Any = None) -> Any:
+        """What every trial's datasets need that is computed from the whole manifest, once, by
+        the study's driver before any trial starts (handed to :meth:`datasets` as ``prepared``;
+        e.g. plate-control normalisation bounds). ``progress(done, total)`` reports long work.
+        Default: nothing."""
+        return None
+
     def skips_bad_samples(self, data: Any) -> bool:
         """Whether unreadable samples are dropped into a ledger instead of failing the trial."""
         return False
@@ -186,9 +241,10 @@ class DataKind:
         sets: TrialSets,
         cpus: DataCpus,
         skips: Any = None,
+        prepared: Any = None,
     ) -> dict[str, Any]:
         """A trial's Ray Datasets: ``train`` (split across workers), ``val``, ``probe`` and, when
-        ``sets.held_out`` is given, ``held_out``."""
+        ``sets.held_out`` is given, ``held_out``; ``prepared`` is what :meth:`prepare` made."""
         raise NotImplementedError
 
 
@@ -303,3 +359,16 @@ def get(name: str) -> DataKind:
 def names() -> list[str]:
     _load()
     return KINDS.names()
+
+
+def synthetic_kinds() -> dict[str, DataKind]:
+    """The kinds with a synthetic generator, by every name ``data synth`` accepts (aliases
+    included)."""
+    _load()
+    out: dict[str, DataKind] = {}
+    for name in KINDS.names():
+        kind = KINDS.get(name)
+        if kind.synthetic is not None:
+            out[name] = kind
+            out.update({alias: kind for alias in kind.synthetic.aliases})
+    return out

@@ -7,8 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bioscale.data import natural
-from bioscale.data.kinds import DataCpus, DataKind, TrialSets, Wording, register
+from bioscale.data.kinds import (
+    DataCpus,
+    DataKind,
+    Synthesized,
+    Synthetic,
+    TrialSets,
+    Wording,
+    register,
+)
 
 
 @register
@@ -20,17 +27,33 @@ class Natural(DataKind):
     settings = frozenset({"image", "maps"})
     provides = frozenset({"labels"})
     wording = Wording(label="class", novel="novel classes", held_out="held-out images")
+    # RGB images are resized to the crop (no dyes, tiles or intensity normalisation)
+    image_fields = frozenset({"crop", "decode_batch_size", "decode_cpus"})
+    synthetic = Synthetic(
+        help="objects whose class is a small mark, with 'human' maps of the mark",
+        config="bioscale.data.natural:SynthNaturalConfig",
+    )
+
+    def synthesize(self, config: Any, out: str | Path) -> Synthesized:
+        from bioscale.data import natural
+
+        path = natural.generate_natural(config, out)
+        return Synthesized(manifest=Path(path), summary="wrote images, maps for part of them")
 
     def identity(self, data: Any) -> dict[str, Any]:
         from dataclasses import asdict
 
         # how pixels become tensors, and how human maps are blurred, change what a trial sees
-        return {"image": asdict(data.image), "maps": asdict(data.maps)}
+        return {"image": data.image.identity(), "maps": asdict(data.maps)}
 
     def inspect(self, path: str | Path):
+        from bioscale.data import natural
+
         return natural.inspect(path)
 
     def metadata(self, path: str | Path):
+        from bioscale.data import natural
+
         return natural.metadata_table(path)
 
     def sample_shape(self, data: Any, info: Any, path: str | Path) -> tuple[int, ...]:
@@ -47,6 +70,7 @@ class Natural(DataKind):
     def sample_images(self, data: Any, path: str | Path, size: int, limit: int) -> list[Any]:
         import numpy as np
 
+        from bioscale.data import natural
         from bioscale.data.kinds import first_rows
 
         rows = first_rows(path, ["sample_id", "path_image"], limit)
@@ -61,6 +85,7 @@ class Natural(DataKind):
         sets: TrialSets,
         cpus: DataCpus,
         skips: Any = None,
+        prepared: Any = None,
     ) -> dict[str, Any]:
         from bioscale.data.pipeline import decoded_natural
 

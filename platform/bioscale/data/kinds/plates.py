@@ -5,10 +5,12 @@ in a manifest of the contract's metadata columns (``bioscale.data.manifest``).""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from bioscale.data import manifest as mf
 from bioscale.data.kinds import DataKind, Wording
+
+if TYPE_CHECKING:
+    from bioscale.data import manifest as mf
 
 
 class PlateKind(DataKind):
@@ -20,7 +22,11 @@ class PlateKind(DataKind):
     )
 
     def inspect(self, path: str | Path) -> mf.ManifestInfo:
+        from bioscale.data import manifest as mf
+
         return mf.inspect(path)
 
     def metadata(self, path: str | Path):
+        from bioscale.data import manifest as mf
+
         return mf.read_metadata(path)

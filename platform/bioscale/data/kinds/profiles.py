@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bioscale.data import manifest as mf
-from bioscale.data.kinds import DataCpus, TrialSets, register
+from bioscale.data.kinds import DataCpus, Synthesized, Synthetic, TrialSets, register
 from bioscale.data.kinds.plates import PlateKind
 from bioscale.errors import ManifestError
+
+if TYPE_CHECKING:
+    from bioscale.data import manifest as mf
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +21,19 @@ log = logging.getLogger(__name__)
 class Profiles(PlateKind):
     name = "profiles"
     settings = frozenset({"non_finite", "synthetic"})
+    synthetic = Synthetic(
+        help="a synthetic Cell Painting profile screen (manifest + JUMP-style metadata); the "
+        "same settings as a study's data.synthetic",
+        config="bioscale.data.synth:SynthProfilesConfig",
+    )
+
+    def synthesize(self, config: Any, out: str | Path) -> Synthesized:
+        from bioscale.data.synth import generate_profiles
+
+        path = generate_profiles(config, out)
+        return Synthesized(
+            manifest=Path(path), summary=f"wrote JUMP-style metadata in {Path(out) / 'metadata'}"
+        )
 
     def alignment_refusal(self, evaluation: str) -> str | None:
         if evaluation in ("saliency", "adversarial"):
@@ -42,6 +57,8 @@ class Profiles(PlateKind):
     def check(self, data: Any, path: str | Path) -> None:
         """Profiles holding NaN/±Inf features are refused, naming the samples and features
         (``data.non_finite: drop`` leaves them out instead, ``excluded``)."""
+        from bioscale.data import manifest as mf
+
         bad = mf.non_finite_features(path)
         if not bad:
             return
@@ -58,6 +75,8 @@ class Profiles(PlateKind):
         )
 
     def excluded(self, data: Any, path: str | Path) -> set[str]:
+        from bioscale.data import manifest as mf
+
         return set(mf.non_finite_features(path)) if data.non_finite == "drop" else set()
 
     def sample_shape(self, data: Any, info: mf.ManifestInfo, path: str | Path) -> tuple[int, ...]:
@@ -79,6 +98,7 @@ class Profiles(PlateKind):
         sets: TrialSets,
         cpus: DataCpus,
         skips: Any = None,
+        prepared: Any = None,
     ) -> dict[str, Any]:
         """The training diet is read, selected and labelled by Ray Data tasks and held in the
         object store (profiles are small), so the Train workers never wait on data tasks. The two
