@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def synth_parser(name: str, kind) -> argparse.ArgumentParser:
@@ -79,11 +80,90 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_profiles(args: argparse.Namespace) -> int:
+    from bioscale.data.importers.profiles import ProfileImportConfig, import_profiles
+    from bioscale.errors import ConfigError
+
+    on: list[tuple[str, str]] = []
+    for pair in (args.on or "").split(",") if args.on else []:
+        left, eq, right = pair.partition("=")
+        if not eq or not left or not right:
+            raise ConfigError(f"--on {args.on!r}: give LEFT=RIGHT pairs, e.g. Plate=Plate_DAPI")
+        on.append((left, right))
+    cfg = ProfileImportConfig(
+        tables=tuple(args.tables),
+        out=args.out,
+        metadata=args.metadata,
+        annotations=args.annotations,
+        join=args.join,
+        on=tuple(on),
+        features=tuple(args.features.split(",")) if args.features else None,
+        source=args.source,
+        batch_pattern=args.batch_pattern,
+        novel_fraction=args.novel_fraction,
+    )
+    summary = import_profiles(cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    groups = ", ".join(f"{g} {n}" for g, n in sorted(summary.groups.items()))
+    if summary.excluded_columns:
+        shown = ", ".join(summary.excluded_columns[:5])
+        print(
+            f"bioscale: left out {len(summary.excluded_columns)} non-numeric column(s) that are "
+            f"not Metadata_ columns: {shown}",
+            file=sys.stderr,
+        )
+    print(
+        f"wrote {summary.path}: {summary.n_wells:,} wells × {summary.n_features:,} features from "
+        f"{summary.n_tables} table(s); {summary.n_annotated:,} with a perturbation; groups: {groups}"
+    )
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    import json
+
+    from bioscale.eval.baseline import raw_feature_metrics
+
+    splits, probe, explicit = None, None, False
+    if args.study:
+        from bioscale.study.spec import StudySpec
+
+        spec = StudySpec.load(args.study)
+        splits, probe, explicit = spec.data.splits, spec.probe, spec.eval is not None
+    if args.eval:
+        from dataclasses import replace
+
+        from bioscale.eval.config import ProbeConfig
+
+        probe = replace(probe or ProbeConfig(), tasks=tuple(args.eval.split(",")))
+        explicit = True
+    result = raw_feature_metrics(args.manifest, splits=splits, probe=probe, explicit=explicit)
+    for reason in result.dropped:
+        print(f"bioscale: task not applicable, skipped: {reason}", file=sys.stderr)
+    print(
+        f"raw features of {result.manifest} ({result.n_features:,} features, "
+        f"{result.n_wells:,} probe and control wells):"
+    )
+    for name, value in sorted(result.metrics.items()):
+        print(f"  {name:<44} {value:.4g}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.as_json(), indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from bioscale.data.check import check_manifest, format_report
+    from bioscale.data.check import (
+        check_manifest,
+        check_profiles,
+        format_profile_report,
+        format_report,
+        is_profile_manifest,
+        profile_problems,
+    )
 
     last = [0.0]
 
@@ -93,6 +173,22 @@ def cmd_check(args: argparse.Namespace) -> int:
             last[0] = now
             print(f"checked {done}/{total} samples, {bad} bad", file=sys.stderr, flush=True)
 
+    if is_profile_manifest(args.manifest):
+        if args.sample is not None or args.workers != 1 or args.address is not None:
+            print(
+                "bioscale: note: --sample, --workers and --address apply to image manifests; "
+                "a profile manifest is streamed whole in this process",
+                file=sys.stderr,
+            )
+        prof = check_profiles(args.manifest, progress=progress)
+        for line in profile_problems(prof):
+            print(f"bioscale: {line}", file=sys.stderr)
+        if args.json:
+            json.dump(prof.as_dict(), sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            print(format_profile_report(prof))
+        return 0 if prof.ok else 1
     result = check_manifest(
         args.manifest,
         sample=args.sample,
@@ -168,7 +264,7 @@ def add_commands(sub) -> None:
     synth.add_argument("options", nargs=argparse.REMAINDER, help="--out DIR and KIND's options")
     synth.set_defaults(func=cmd_synth)
 
-    imp = data.add_parser("import", help="import image datasets into a manifest").add_subparsers(
+    imp = data.add_parser("import", help="import datasets into a manifest").add_subparsers(
         dest="import_format", required=True
     )
     cp = imp.add_parser(
@@ -192,6 +288,34 @@ def add_commands(sub) -> None:
     cp.add_argument("--novel-fraction", type=float, default=0.25)
     cp.set_defaults(func=cmd_import, format="cellprofiler")
 
+    pr = imp.add_parser(
+        "profiles",
+        help="well-level profile tables (CellProfiler/pycytominer/JUMP CSV, CSV.gz, Parquet)",
+        description="Import well-level profile tables into a profile manifest "
+        "(bioscale.data.importers.profiles explains the column mapping and the defaults).",
+    )
+    pr.add_argument("tables", nargs="+", help="tables, or folders searched for them")
+    pr.add_argument("--out", required=True, help="manifest to write (.parquet)")
+    pr.add_argument("--metadata", default=None, help="folder of JUMP tables and annotations")
+    pr.add_argument("--annotations", default=None, help="MoA/target by compound (and dose)")
+    pr.add_argument("--join", default=None, help="a plate map to join (CSV, CSV.gz, Parquet)")
+    pr.add_argument(
+        "--on",
+        default=None,
+        help="join columns LEFT=RIGHT[,LEFT=RIGHT] (LEFT: the profile table's, e.g. Plate)",
+    )
+    pr.add_argument(
+        "--features", default=None, help="feature column prefixes, e.g. Cells_,Cytoplasm_,Nuclei_"
+    )
+    pr.add_argument("--source", default=None, help="source name when the tables carry none")
+    pr.add_argument(
+        "--batch-pattern",
+        default=None,
+        help="regex whose first group is the batch in the plate name, e.g. '^(Week\\d+)_'",
+    )
+    pr.add_argument("--novel-fraction", type=float, default=0.25)
+    pr.set_defaults(func=cmd_import_profiles)
+
     nimp = imp.add_parser("natural", help="natural images with human importance maps")
     nimp.add_argument("layout", choices=["folder", "clickme", "fixations"])
     nimp.add_argument(
@@ -204,14 +328,32 @@ def add_commands(sub) -> None:
     nimp.set_defaults(func=cmd_import_natural)
 
     chk = data.add_parser(
-        "check", help="decode every file of an image manifest; report stats and bad files"
+        "check",
+        help="decode every file of an image manifest (stats and bad files), or count the "
+        "non-finite and constant features of a profile manifest",
     )
     chk.add_argument("manifest")
-    chk.add_argument("--json", action="store_true", help="one JSON object per sample on stdout")
+    chk.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON on stdout: one object per sample (images), one report (profiles)",
+    )
     chk.add_argument("--sample", type=int, default=None, help="check N samples (stable choice)")
     chk.add_argument("--workers", type=int, default=1, help="local decode processes")
     chk.add_argument("--address", default=None, help="run on this Ray cluster (Ray Data)")
     chk.set_defaults(func=cmd_check)
+
+    bl = data.add_parser(
+        "baseline",
+        help="the evaluation suite on a profile manifest's raw features (no training, no Ray)",
+    )
+    bl.add_argument("manifest", help="a profile manifest")
+    bl.add_argument(
+        "--study", default=None, help="take splits, probe settings and eval: from this study"
+    )
+    bl.add_argument("--eval", default=None, help="comma-separated tasks (default: every task)")
+    bl.add_argument("--json", default=None, help='write {"metrics": {...}} here')
+    bl.set_defaults(func=cmd_baseline)
 
     pk = data.add_parser("pack", help="decode, normalise and crop once into Parquet shards")
     pk.add_argument("manifest")

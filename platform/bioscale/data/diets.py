@@ -2,8 +2,8 @@
 
 Per compound, pool samples are ranked by hash(sample key, diet_seed) and the first
 max(1, ⌈f·n⌉) are kept; extra compounds are ranked by hash(compound, diet_seed) and the first k
-kept. Because the ranking never depends on f or k, every smaller diet is a subset of every larger
-one with the same ``diet_seed``, on every machine. Diets draw only from the ``pool`` role, which
+kept, k a count or ⌈x·n_extra⌉ for a fraction x. Because the ranking never depends on f, k or x,
+every smaller diet is a subset of every larger one with the same ``diet_seed``, on every machine. Diets draw only from the ``pool`` role, which
 holds whole wells (``bioscale.data.splits``): a diet never takes a site of a probe,
 early-stopping or evaluation-control well.
 """
@@ -12,14 +12,23 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Literal
+from fractions import Fraction
+from typing import NewType
 
 import numpy as np
 
 from bioscale.data.hashing import rank_key
 from bioscale.data.splits import SampleIndex
+
+#: ``Diet.extra``: a count (``int`` >= 0), a fraction (``float`` in (0, 1]) or ``"all"``. The type
+#: tells a count from a fraction: ``extra: 1`` is one compound, ``extra: 1.0`` every compound (read
+#: as ``"all"``), ``extra: 24.0`` an error. A NewType, so ``bioscale.config.from_mapping`` hands the
+#: YAML value over unchanged (its ``int`` coercion would read 1.0 as the count 1);
+#: ``Diet.__post_init__`` validates it.
+ExtraCompounds = NewType("ExtraCompounds", object)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +37,10 @@ class Diet:
 
     Attributes:
         replicates: fraction of each compound's pool samples kept, in (0, 1].
-        extra: number of ``extra`` compounds (IBP only) kept, or ``"all"``.
+        extra: the ``extra`` compounds (label-free objectives only) kept: a count, a fraction
+            in (0, 1] of them (the first ⌈x·n_extra⌉ in the same ranking as counts, so a fraction
+            keeps what the count ⌈x·n_extra⌉ keeps), or ``"all"``. A fraction of 1.0 is
+            ``"all"`` (same label and trial key); see ``ExtraCompounds``.
         plates: restrict to these plates (``None``: all).
         sources: restrict to these sources (``None``: all).
         controls: whether negative-control samples are trained on (IBP: as one more class).
@@ -36,7 +48,7 @@ class Diet:
     """
 
     replicates: float = 1.0
-    extra: int | Literal["all"] = 0
+    extra: ExtraCompounds = 0
     plates: tuple[str, ...] | None = None
     sources: tuple[str, ...] | None = None
     controls: bool = False
@@ -45,8 +57,7 @@ class Diet:
     def __post_init__(self) -> None:
         if not 0.0 < self.replicates <= 1.0:
             raise ValueError(f"diet.replicates must be in (0, 1], got {self.replicates}")
-        if self.extra != "all" and (not isinstance(self.extra, int) or self.extra < 0):
-            raise ValueError(f"diet.extra must be a count >= 0 or 'all', got {self.extra!r}")
+        object.__setattr__(self, "extra", _extra(self.extra))
         for name in ("plates", "sources"):
             value = getattr(self, name)
             if value is not None:
@@ -54,6 +65,7 @@ class Diet:
 
     def label(self) -> str:
         """A short, canonical name, logged as the ``diet`` param (seed logged separately)."""
+        # a count prints as ``24``, a fraction as its shortest repr (``0.5``, never ``:g``)
         parts = [f"rep={self.replicates:g}", f"extra={self.extra}"]
         if self.plates:
             parts.append(f"plates={'+'.join(self.plates)}")
@@ -65,6 +77,42 @@ class Diet:
     def canonical(self) -> str:
         """Canonical JSON, part of the trial key."""
         return json.dumps(asdict(self), sort_keys=True)
+
+
+def _extra(value: object) -> int | float | str:
+    """``Diet.extra`` validated: an ``int`` count, a ``float`` fraction in (0, 1) or ``"all"``."""
+    if isinstance(value, str) and value == "all":
+        return "all"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        number = float(value)
+        if number == 1.0:  # every extra compound
+            return "all"
+        if 0.0 < number < 1.0:
+            return number
+        if number.is_integer() and number > 1.0:
+            raise ValueError(
+                f"diet.extra is {value!r}, a fraction above 1: write {int(number)} (no decimal "
+                "point) for a count of extra compounds, or a fraction in (0, 1]"
+            )
+    raise ValueError(
+        f"diet.extra must be a count >= 0 (e.g. 24), a fraction in (0, 1] (e.g. 0.25) or 'all', "
+        f"got {value!r}"
+    )
+
+
+def n_extra_kept(extra: int | float | str, n_extra: int) -> int:
+    """How many of ``n_extra`` hash-ranked extra compounds a diet keeps (``Diet.extra``).
+
+    A fraction x keeps ⌈x·n_extra⌉, computed on x's decimal value (0.07 of 100 is 7, where the
+    float product 0.07·100 = 7.000000000000001 would give 8); a count k keeps min(k, n_extra).
+    """
+    if extra == "all":
+        return n_extra
+    if isinstance(extra, float):
+        return min(n_extra, math.ceil(Fraction(repr(extra)) * n_extra))
+    return min(int(extra), n_extra)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +142,7 @@ def select(index: SampleIndex, diet: Diet, groups: frozenset[str]) -> Selection:
         (c for c, rows in by_compound.items() if index.group[rows[0]] == "extra"),
         key=lambda c: rank_key(c, diet.diet_seed),
     )
-    keep_extra = set(extra if diet.extra == "all" else extra[: diet.extra])
+    keep_extra = set(extra[: n_extra_kept(diet.extra, len(extra))])
 
     kept: list[int] = []
     for compound, rows in by_compound.items():

@@ -56,13 +56,71 @@ _STRING_COLUMNS["site"] = pa.int32()
 _STRING_COLUMNS["concentration"] = pa.float64()
 
 
-def profile_schema(n_features: int) -> pa.Schema:
-    """Arrow schema of a profile manifest with ``n_features`` float32 features per well."""
+#: Profile manifests written by an importer: the feature (column) names, JSON list, in order.
+META_FEATURE_NAMES = b"bioscale.feature_names"
+
+
+def profile_schema(n_features: int, feature_names: list[str] | None = None) -> pa.Schema:
+    """Arrow schema of a profile manifest with ``n_features`` float32 features per well (and
+    their names in the schema metadata, ``bioscale.feature_names``, when known)."""
     fields = [pa.field(c, t) for c, t in _STRING_COLUMNS.items()]
     fields.append(pa.field(FEATURES, pa.list_(pa.float32(), n_features)))
-    return pa.schema(
-        fields, metadata={META_KIND: b"profiles", META_N_FEATURES: str(n_features).encode()}
-    )
+    meta = {META_KIND: b"profiles", META_N_FEATURES: str(n_features).encode()}
+    if feature_names is not None:
+        if len(feature_names) != n_features:
+            raise ManifestError(f"{len(feature_names)} feature names for {n_features} features")
+        meta[META_FEATURE_NAMES] = json.dumps(list(feature_names)).encode()
+    return pa.schema(fields, metadata=meta)
+
+
+def feature_names(schema: pa.Schema) -> list[str] | None:
+    """The feature names a profile manifest stores, or ``None``."""
+    raw = (schema.metadata or {}).get(META_FEATURE_NAMES)
+    return json.loads(raw) if raw else None
+
+
+class ProfileWriter:
+    """Write a profile manifest batch by batch (bounded memory: one batch at a time), atomically:
+    the file appears under its name only when :meth:`close` succeeds. Use as a context manager."""
+
+    def __init__(
+        self, path: str | Path, feature_names: list[str], row_group_size: int = 1024
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_suffix(".parquet.tmp")
+        self.schema = profile_schema(len(feature_names), feature_names)
+        self._writer = pq.ParquetWriter(self._tmp, self.schema)
+        self._row_group_size = row_group_size
+        self.n_rows = 0
+
+    def write(self, columns: dict[str, list | pa.Array], features: np.ndarray) -> None:
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        arrays = [pa.array(columns[c], type=_STRING_COLUMNS[c]) for c in METADATA_COLUMNS]
+        flat = pa.array(features.reshape(-1), type=pa.float32())
+        arrays.append(pa.FixedSizeListArray.from_arrays(flat, features.shape[1]))
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        validate_table(table, source=str(self.path))
+        self._writer.write_table(table, row_group_size=self._row_group_size)
+        self.n_rows += table.num_rows
+
+    def close(self) -> Path:
+        self._writer.close()
+        self._tmp.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ProfileWriter:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_profiles(

@@ -79,6 +79,8 @@ class SampleIndex:
     role: np.ndarray
     #: ``compound | orf | crispr | control`` (natural images: ``image``)
     perturbation_type: np.ndarray | None = None
+    #: the manifest's ``concentration`` (float or ``None`` per sample; ``None``: no such column)
+    concentration: np.ndarray | None = None
 
     @classmethod
     def from_table(cls, table: pa.Table, splits: SplitConfig) -> SampleIndex:
@@ -120,6 +122,11 @@ class SampleIndex:
             target=col["target"],
             role=roles,
             perturbation_type=col["perturbation_type"],
+            concentration=(
+                np.asarray(table.column("concentration").to_pylist(), dtype=object)
+                if "concentration" in table.column_names
+                else None
+            ),
         )
 
     def __len__(self) -> int:

@@ -118,6 +118,8 @@ class EvalTask:
     #: the manifest's ``SampleIndex`` → why the task cannot run on it (``None``: it can); a study
     #: that lists the task fails at plan time with the reason, a default task list drops it
     refusal: Callable[[Any], str | None] | None = None
+    #: run only when a study lists the task in ``eval:``; a study without ``eval:`` leaves it out
+    opt_in: bool = False
 
 
 #: Evaluation tasks by name: the one list a study's ``eval:`` is checked against.

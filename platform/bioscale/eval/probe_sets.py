@@ -10,7 +10,9 @@ Columns (int64, aligned with ``rows``; see ``bioscale.eval.tasks``):
 - ``label``: MoA code over the MoAs of ``seen`` compounds (-1: control);
 - ``target_0..target_{K-1}``: target codes over the targets of ``seen`` compounds (-1 padding;
   the manifest's ``target`` may list several, ``|``-separated);
-- ``plate``, ``source``, ``compound``, ``well``: codes over the whole manifest (sorted names).
+- ``plate``, ``source``, ``batch``, ``compound``, ``well``: codes over the whole manifest (sorted
+  names);
+- ``concentration``: code over the manifest's distinct concentrations, ascending (-1: none).
 
 When the manifest has genetic perturbations (``perturbation_type`` ``orf``/``crispr`` with a gene
 in ``target``), their wells follow the controls as ``novel_test`` rows (label and targets -1) and
@@ -46,6 +48,17 @@ def split_targets(value: object) -> list[str]:
 def _codes(values: np.ndarray) -> np.ndarray:
     _, inverse = np.unique(values.astype(str), return_inverse=True)
     return inverse.astype(np.int64)
+
+
+def _concentration_codes(index: SampleIndex) -> np.ndarray:
+    """(n,) code of each sample's concentration over the distinct ones, ascending; -1 for none."""
+    if index.concentration is None:
+        return np.full(len(index), -1, dtype=np.int64)
+    values = np.array([np.nan if c is None else float(c) for c in index.concentration])
+    known = np.isfinite(values)
+    codes = np.full(len(values), -1, dtype=np.int64)
+    codes[known] = np.unique(values[known], return_inverse=True)[1].ravel()
+    return codes
 
 
 def genetic_rows(index: SampleIndex) -> np.ndarray:
@@ -104,7 +117,9 @@ def probe_set_targets(index: SampleIndex) -> Targets:
         **{f"{TARGET_PREFIX}{j}": targets[:, j] for j in range(width)},
         "plate": _codes(index.plate)[all_rows],
         "source": _codes(index.source)[all_rows],
+        "batch": _codes(index.batch)[all_rows],
         "compound": _codes(index.perturbation_id)[all_rows],
+        "concentration": _concentration_codes(index)[all_rows],
         "well": _codes(wells)[all_rows],
     }
     if len(genetic):

@@ -3,10 +3,11 @@
 A probe batch (``bioscale.study.plan.probe_targets`` builds its rows) carries, per sample, int64
 columns: ``role`` (``ROLE_CODES``), ``label`` (MoA code, -1 none), ``target_0..target_{K-1}``
 (target codes, -1 padding: a compound may have several targets), and the codes ``plate``,
-``source``, ``compound`` and ``well``; with genetic wells also ``ptype`` (perturbation type) and
-``gene`` (``bioscale.eval.probe_sets``). Sites of one well are averaged first; embeddings are then
-normalised against the evaluation control wells (role ``control``: wells no diet trains on;
-``bioscale.eval.normalise``) and every task of ``ProbeConfig.tasks`` reads what it needs.
+``source``, ``batch``, ``compound``, ``concentration`` and ``well``; with genetic wells also
+``ptype`` (perturbation type) and ``gene`` (``bioscale.eval.probe_sets``). Sites of one well are
+averaged first; embeddings are then normalised against the evaluation control wells (role
+``control``: wells no diet trains on; ``bioscale.eval.normalise``) and every task of
+``ProbeConfig.tasks`` reads what it needs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,18 @@ log = logging.getLogger(__name__)
 
 #: Columns of a probe batch besides ``x``/``emb`` (targets: ``target_<i>``; ``ptype`` and
 #: ``gene`` only when the data has genetic perturbations).
-CODE_COLUMNS = ("role", "label", "plate", "source", "compound", "well", "ptype", "gene")
+CODE_COLUMNS = (
+    "role",
+    "label",
+    "plate",
+    "source",
+    "batch",
+    "compound",
+    "concentration",
+    "well",
+    "ptype",
+    "gene",
+)
 #: ``ptype`` codes of genetic perturbations (``bioscale.eval.probe_sets.PTYPE_CODES``).
 GENETIC_PTYPES = (1, 2)
 
@@ -50,6 +62,9 @@ class ProbeRows:
     #: with genetic wells: (n,) perturbation-type codes and (n,) gene codes (-1: not genetic)
     ptype: np.ndarray | None = None
     gene: np.ndarray | None = None
+    #: (n,) batch codes and (n,) concentration codes (-1: no concentration)
+    batch: np.ndarray | None = None
+    concentration: np.ndarray | None = None
 
     @property
     def is_control(self) -> np.ndarray:
@@ -84,8 +99,9 @@ def to_wells(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Average the embeddings of sites (or crops) of one well; one row per well.
 
     Roles are fixed per well (``bioscale.data.splits``), so every site of a well has the same
-    role. Without a ``well`` column, or with one row per well already, the columns are returned
-    as is.
+    role. Rows come out in well-code order (codes over the sorted well keys of the manifest), so
+    no evaluation depends on the order of rows in the manifest file. Without a ``well`` column the
+    columns are returned as they are.
 
     Raises:
         ValueError: sites of one well carry different roles (probe rows not built by
@@ -102,8 +118,9 @@ def to_wells(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             f"probe batch: sites of well code {well} carry different roles; a well's sites share "
             "its role (build probe rows with bioscale.eval.probe_sets.probe_set_targets)"
         )
-    if len(uniq) == len(inverse):
-        return columns
+    if len(uniq) == len(inverse):  # one row per well already: only put them in well order
+        order = np.argsort(columns["well"], kind="stable")
+        return {k: v[order] for k, v in columns.items()}
     counts = np.bincount(inverse, minlength=len(uniq))[:, None]
     out = {k: v[first] for k, v in columns.items() if not is_embedding_column(k)}
     for key, emb in columns.items():
@@ -168,6 +185,8 @@ def probe_rows(columns: dict[str, np.ndarray], cfg: ProbeConfig) -> ProbeRows:
         layers=layers,
         ptype=cols.get("ptype"),
         gene=cols.get("gene"),
+        batch=cols.get("batch"),
+        concentration=cols.get("concentration"),
     )
 
 
@@ -182,6 +201,7 @@ def _task(
     needs: frozenset[str] = PLATES,
     requires: str = "",
     refusal: Callable[[Any], str | None] | None = None,
+    opt_in: bool = False,
 ):
     def add(fn: Callable[[ProbeRows, ProbeConfig], dict[str, float]]):
         TASKS.register(
@@ -193,6 +213,7 @@ def _task(
                 needs=needs,
                 requires=requires or "plates with negative-control wells",
                 refusal=refusal,
+                opt_in=opt_in,
             ),
         )
         return fn
@@ -309,6 +330,41 @@ def _rediscovery(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
     return {f"retrieval/rediscovery/{k}": v for k, v in result.items()}
 
 
+@_task(
+    "nsc",
+    "BBBC021 MoA benchmark (Ljosa et al. 2013): treatment (compound, concentration) medians, "
+    "MoA of the nearest treatment by cosine excluding the same compound (nsc) or the same "
+    "compound or batch (nscb)",
+    requires="plates with negative-control wells, MoA labels, batches",
+    opt_in=True,
+)
+def _nsc(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
+    """Every probe-role well of a labelled compound (seen compounds' reserved probe wells,
+    ``probe_train``/``probe_val``/``probe_test``, and every well of novel compounds,
+    ``novel_test``) enters its treatment's median; control and genetic wells do not. The
+    embeddings are ``rows.z``, normalised as every task reads them (``probe:`` settings)."""
+    from bioscale.eval.nsc import moa_benchmark
+
+    rows.need("nsc", "compound", "batch", "concentration")
+    treated = rows.is_compound & (rows.moa[:, 0] >= 0)
+    if not treated.any():
+        log.warning(
+            "evaluation task 'nsc': no labelled compound well among the probe rows; skipped"
+        )
+        return {}
+    out = moa_benchmark(
+        rows.z[treated],
+        rows.compound[treated],
+        rows.concentration[treated],
+        rows.batch[treated],
+        rows.moa[treated, 0],
+    )
+    for name, why in (("nsc", "another compound"), ("nscb", "another compound in no shared batch")):
+        if f"{name}/moa/top1" not in out:
+            log.warning("%s/moa: no treatment has a candidate (%s); skipped", name, why)
+    return out
+
+
 def _genetic_refusal(index: Any) -> str | None:
     from bioscale.eval.probe_sets import genetic_rows
 
@@ -354,10 +410,12 @@ def _genetic(rows: ProbeRows, cfg: ProbeConfig) -> dict[str, float]:
 
 
 def default_tasks(provides: frozenset[str]) -> tuple[str, ...]:
-    """Every registered task that applies to data of ``kind`` (a study without ``eval:``); tasks
-    that also need something of the manifest (``EvalTask.refusal``) are dropped at plan time
-    when it lacks it (``applicable``)."""
-    return tuple(name for name in TASKS if TASKS.get(name).needs <= provides)
+    """Every registered task that applies to data of ``kind`` (a study without ``eval:``) and is
+    not opt-in (``EvalTask.opt_in``); tasks that also need something of the manifest
+    (``EvalTask.refusal``) are dropped at plan time when it lacks it (``applicable``)."""
+    return tuple(
+        name for name in TASKS if TASKS.get(name).needs <= provides and not TASKS.get(name).opt_in
+    )
 
 
 def applicable(

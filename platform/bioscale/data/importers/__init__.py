@@ -1,11 +1,12 @@
-"""Dataset importers: a dataset as users have it → an image manifest (ARCHITECTURE contract).
+"""Dataset importers: a dataset as users have it → a manifest (ARCHITECTURE contract).
 
 One registry, ``IMPORTERS``, of every format for every data kind: an ``Importer`` names the
 data kind of the manifest it writes and either reads image sites (``read_sites(cfg) ->
 SiteTable``: ``cellprofiler``, LoadData CSV or CytoTable Parquet; everything after reading the
 sites — the JUMP metadata join, compound groups, sample ids, writing — is shared here) or writes
 its manifest itself (``write(cfg) -> Path``: the natural-image layouts ``natural-folder``,
-``natural-clickme``, ``natural-fixations``). A new format is one new module that registers
+``natural-clickme``, ``natural-fixations``; ``profiles``, well-level profile tables, whose
+full options are ``bioscale.data.importers.profiles.ProfileImportConfig``). A new format is one new module that registers
 itself.
 """
 
@@ -23,7 +24,11 @@ from bioscale.registry import Registry
 
 #: The five Cell Painting dyes in their conventional channel order; other dyes follow them.
 CANONICAL_DYES = ("DNA", "ER", "RNA", "AGP", "Mito")
-_MODULES = ("bioscale.data.importers.cellprofiler", "bioscale.data.importers.natural")
+_MODULES = (
+    "bioscale.data.importers.cellprofiler",
+    "bioscale.data.importers.natural",
+    "bioscale.data.importers.profiles",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
