@@ -37,6 +37,9 @@ METRIC_PREFIXES = (
     "neural/",
     "adv/",
     "leakage/",
+    "nsc/",
+    "nscb/",
+    "track/",
     "fit/",
 )
 #: The tag on a study run that says which driver holds the study now (``bioscale.study.lock``).

@@ -191,7 +191,11 @@ def cmd_scaling_report(args: argparse.Namespace) -> int:
 def scaling_options(p: argparse.ArgumentParser, *, axis_default: str | None = "D") -> None:
     p.add_argument("--experiment", default=None, help="read an MLflow experiment's trials")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: env)")
-    p.add_argument("--law", default="power", help="power | pure_power | chinchilla | ...")
+    p.add_argument(
+        "--law",
+        default="power",
+        help="power | pure_power | log_linear | broken_power | chinchilla (N,D)",
+    )
     p.add_argument(
         "--direction", choices=("lower", "higher"), default="lower", help="metric direction"
     )

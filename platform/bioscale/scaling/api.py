@@ -170,6 +170,7 @@ class Report:
     forecasts: list[Forecast]
     comparisons: list[dict[str, Any]]
     issues: list[str]
+    law_checks: list[dict[str, Any]] = field(default_factory=list)
 
 
 def report_table(
@@ -191,8 +192,9 @@ def report_table(
     trial_columns: Sequence[str] | None = None,
     vis_panels: Sequence[Any] = (),
 ) -> Report:
-    """Fit every curve family, forecast, compare objectives, plot, and write report.html,
-    fits.json and forecasts.json into ``out_dir``.
+    """Fit every curve family, forecast, compare objectives, check per one-axis curve whether
+    ``log_linear`` fits as well as ``power`` (``selection.law_check``; in fits.json as
+    ``law_checks``), plot, and write report.html, fits.json and forecasts.json into ``out_dir``.
 
     Args:
         targets: metric values to forecast for every curve; default, per curve, the value that
@@ -208,6 +210,7 @@ def report_table(
     )
     from bioscale.scaling.plots import plot_fits, plot_layer_search
     from bioscale.scaling.report import default_target, render
+    from bioscale.scaling.selection import law_check
 
     out_dir = Path(out_dir)
     columns = {k for r in rows for k in r}
@@ -216,6 +219,7 @@ def report_table(
     issues: list[str] = []
     plots: list[Path] = []
     forecasts: list[Forecast] = []
+    law_checks: list[dict[str, Any]] = []
     for spec in specs:
         found = fit_table(
             rows,
@@ -236,6 +240,7 @@ def report_table(
                     f"{name}: {f.n_scales} scale(s) along {','.join(spec.axes)}, no curve"
                 )
         fits.extend(kept)
+        law_checks.extend(c for c in map(law_check, kept) if c is not None)
         spec_fc = []
         for fit in kept:
             for t in targets if targets is not None else [default_target(fit)]:
@@ -269,7 +274,8 @@ def report_table(
     if trial_columns is not None and aligned:
         trial_columns = [*trial_columns, *(c for c in aligned if c not in trial_columns)]
     fits_json = write_json(
-        {"fits": [f.to_json() for f in fits], "issues": issues}, out_dir / "fits.json"
+        {"fits": [f.to_json() for f in fits], "issues": issues, "law_checks": law_checks},
+        out_dir / "fits.json",
     )
     forecasts_json = write_json(
         {"forecasts": [f.to_json() for f in forecasts], "comparisons": comparisons},
@@ -294,6 +300,7 @@ def report_table(
         alignment_trends=describe_trends(rows, aligned),
         alignment_accuracy=align_accuracy,
         vis_panels=vis_panels,
+        law_checks=law_checks,
     )
     return Report(
         report=report,
@@ -304,4 +311,5 @@ def report_table(
         forecasts=forecasts,
         comparisons=comparisons,
         issues=issues,
+        law_checks=law_checks,
     )

@@ -23,7 +23,7 @@ def _exponents(fit: FitResult) -> np.ndarray | None:
     spec = fit.spec
     values = spec.params_array(fit.boot)
     idx = [spec.param_names.index(k) for k in spec.exponent_names[0]]
-    return values[:, idx].sum(axis=1)
+    return spec.exponent_sign * values[:, idx].sum(axis=1)
 
 
 def _crossings(errs_a: np.ndarray, errs_b: np.ndarray, xs: np.ndarray) -> np.ndarray:

@@ -7,6 +7,11 @@ grid (every start's loss in one array operation), a batched Levenberg–Marquard
 ``N_REFINE`` best starts (``optim``), L-BFGS-B with analytic gradients to finish the best distinct
 optima, then bootstrap refits (``bootstrap``) that each start from θ̂, the other optima and the
 best grid starts.
+
+A law linear in its parameters (``Law.design``: ``log_linear``) skips the search: the fit and
+every bootstrap refit are closed-form weighted least squares (``optim.linear_lstsq``), and its
+``loss`` is the same summed Huber loss of log residuals, evaluated at that θ, so losses compare
+across laws.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from bioscale.scaling.optim import (
     distinct,
     huber,
     huber_grad,
+    linear_lstsq,
     lm_batch,
     losses,
     polish,
@@ -305,16 +311,27 @@ def _fit_law(
         notes.insert(0, f"needs at least {need} distinct scales, has {n_scales}")
         return FitResult(params=None, loss=None, note="; ".join(notes), **base)
     logy = np.log(err)
-    found = search(spec, logX, logy, spec.init_grid(logX, logy))
-    theta, loss = found.theta, found.loss
+    design = spec.design(logX) if spec.design is not None else None
+    if design is not None:
+        theta = linear_lstsq(design, err)[0]
+        loss = float(losses(spec, logX, logy, theta[None, :])[0])
+        starts = theta[None, :]
+    else:
+        found = search(spec, logX, logy, spec.init_grid(logX, logy))
+        theta, loss = found.theta, found.loss
+        starts = found.optima[: 1 + N_BOOT_OPTIMA]
     params = spec.to_params(theta)
+    fitted = spec.log_predict(theta, logX)
     boot = None
     if n_scales < need + 1:
         notes.insert(0, f"95% intervals need at least {need + 1} distinct scales, has {n_scales}")
+    elif n_boot > 0 and design is not None and np.any(design @ theta <= 0):
+        notes.insert(0, "no 95% intervals: the fitted error is at or below 0 at an observed scale")
     elif n_boot > 0:
-        starts = found.optima[: 1 + N_BOOT_OPTIMA]
 
         def refit(Y: np.ndarray, W: np.ndarray | None) -> np.ndarray:
+            if design is not None:
+                return linear_lstsq(design, np.exp(Y), W)
             B, S = len(Y), len(starts)
             thetas, ls = lm_batch(
                 spec,
@@ -330,7 +347,7 @@ def _fit_law(
             refit,
             theta,
             logy,
-            spec.log_predict(theta, logX),
+            fitted,
             scale_ids(logX),
             n_boot=n_boot,
             seed=boot_seed,

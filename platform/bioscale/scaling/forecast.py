@@ -8,6 +8,12 @@ status that says when it cannot be reached (ARCHITECTURE's forecast JSON).
 - ``beyond_range``: reachable, but more than 100× the largest observed scale;
 - ``reachable`` otherwise.
 
+A law without a floor (``pure_power``, ``log_linear``) reports ``floor`` 0 in error (the perfect
+score: 1 for a higher-is-better metric) with ``floor_ci95`` [0, 0] when every bootstrap draw falls;
+a ``log_linear`` line that rises with x has a floor of +∞ (``floor`` null, ``unreachable``), and
+``floor_ci95``'s far bound is null when some draws rise (then ``uncertain``). ``log_linear``
+forecasts invert the line in closed form: x = 10^((target − a)/b).
+
 A curve flagged as a plateau or non-monotonic (``trust.detect_plateau``) is not extrapolated: its
 floor is the level it stopped at.
 """
@@ -74,6 +80,8 @@ def invert(fit: FitResult, thetas: np.ndarray, target_err: float, along: int, lo
         (B,) scales; +∞ where the error never reaches the target.
     """
     spec = fit.spec
+    if spec.solve is not None:  # a closed-form inverse (log_linear)
+        return spec.solve(np.atleast_2d(thetas), target_err, along, np.asarray(logx_at))
     lx = np.log(fit.x[:, along])
     grid = np.linspace(lx.min() - 10.0, lx.max() + 60.0, _GRID)  # (G,)
     logX = np.repeat(np.asarray(logx_at, dtype=float)[:, None], _GRID, axis=1)
@@ -182,7 +190,8 @@ def forecast(
     floors = np.exp(spec.log_floor(fit.boot, j, logx_at))  # (B,)
     f_lo, f_hi = percentile_interval(floors)
     floor_ci = _to_metric_interval(fit, f_lo, f_hi)
-    if t_err <= 0 or (f_lo is not None and t_err < f_lo):
+    # a lower bound of +∞: in ≥ 97.5% of the draws the error never falls (a rising log_linear)
+    if t_err <= 0 or f_lo is None or t_err < f_lo:
         return Forecast(
             status="unreachable",
             reachable=False,
@@ -190,7 +199,9 @@ def forecast(
             ci95=None,
             floor=floor,
             floor_ci95=floor_ci,
-            note="the target lies beyond the floor's 95% interval",
+            note="the target lies beyond the floor's 95% interval"
+            if f_lo is not None
+            else f"the fitted error does not fall as {along} grows",
             **base,
         )
     values = invert(fit, fit.boot, t_err, j, logx_at)

@@ -1,5 +1,7 @@
-"""Scaling laws, one registry. Each law is fitted in log space with a log-sum-exp parametrisation
-(Hoffmann et al. 2022, approach 3), which keeps every term positive and the loss well scaled.
+"""Scaling laws, one registry. Each power law is fitted in log space with a log-sum-exp
+parametrisation (Hoffmann et al. 2022, approach 3), which keeps every term positive and the loss
+well scaled; ``log_linear`` (err = a + b·log10 x) is linear in its parameters and is fitted in
+closed form by weighted least squares (``Law.design``).
 
 Shapes used throughout: ``theta`` is ``(..., P)`` (a batch of parameter vectors in the optimiser's
 space), ``logX`` is ``(K, n)`` (log of the K axes of n points), and a law's ``log_predict`` returns
@@ -45,6 +47,17 @@ class Law:
             the floor, for chinchilla E + A/N^α at fixed N (along D) or E + B/D^β (along N).
         exponent_names: per axis, the parameter (or sum of parameters) that is its exponent at the
             largest scales.
+        exponent_sign: ``exponent`` is this sign times that sum, so that a larger exponent always
+            means a faster fall in error (−1 for ``log_linear``, whose slope b is negative then).
+        exponent_symbols: per axis, how the exponent reads in plots (``α``, ``β``, ``−b``).
+        design: for a law linear in θ in the error's own scale, log X (K, n) → the design matrix
+            (n, P) with err = design @ θ; such a law is fitted by closed-form weighted least
+            squares (``optim.linear_lstsq``) instead of the Huber search. None: a log-space law.
+        solve: closed-form inverse (θ (B, P), target error, index of the axis that grows, log X
+            of the point (K,)) → (B,) scales where the error falls to the target (+∞ where it
+            never does as that axis grows); None: forecasts search a grid.
+        describe: (params, ci95, axis name) → the clause of a report sentence on how the error
+            scales; None: the power-law sentence (exponent and floor).
     """
 
     name: str
@@ -59,6 +72,13 @@ class Law:
     floor_name: str | None
     log_floor: Callable[[np.ndarray, int, np.ndarray], np.ndarray]
     exponent_names: tuple[tuple[str, ...], ...]
+    exponent_sign: float = 1.0
+    exponent_symbols: tuple[str, ...] = ("α", "β")
+    design: Callable[[np.ndarray], np.ndarray] | None = None
+    solve: Callable[[np.ndarray, float, int, np.ndarray], np.ndarray] | None = None
+    describe: (
+        Callable[[dict[str, float], dict[str, list[float | None] | None], str], str] | None
+    ) = None
 
     @property
     def n_params(self) -> int:
@@ -93,7 +113,18 @@ class Law:
         return np.exp(self.log_predict(theta, as_log_axes(x, self.axes)))
 
     def exponent(self, params: dict[str, float], axis_index: int = 0) -> float:
-        return float(sum(params[k] for k in self.exponent_names[axis_index]))
+        return self.exponent_sign * float(sum(params[k] for k in self.exponent_names[axis_index]))
+
+    def exponent_ci(
+        self, ci95: dict[str, list[float | None] | None], axis_index: int = 0
+    ) -> list[float | None] | None:
+        """The exponent's 95% interval when it is one parameter (sign applied), else None."""
+        names = self.exponent_names[axis_index]
+        ci = ci95.get(names[0]) if len(names) == 1 else None
+        if not ci or self.exponent_sign > 0:
+            return ci
+        lo, hi = ci
+        return [None if hi is None else -hi, None if lo is None else -lo]
 
 
 def as_log_axes(x: np.ndarray, axes: int) -> np.ndarray:
@@ -339,5 +370,113 @@ LAWS.register(
         floor_name="a",
         log_floor=lambda theta, along, logx: np.asarray(theta)[..., 0],
         exponent_names=(("c0", "c1"),),
+    ),
+)
+
+# log_linear: err = a + b·log10 x, the straight line in log x that Pheno-CA (arXiv 2309.16773)
+# compared its power laws against; θ = (a, b), linear in θ, so no iterative optimiser ----------
+
+LN10 = float(np.log(10.0))
+
+
+def _loglin_design(logX: np.ndarray) -> np.ndarray:
+    """log X (1, n) → design matrix (n, 2): columns 1 and log10 x."""
+    return np.column_stack([np.ones_like(logX[0]), logX[0] / LN10])
+
+
+def _loglin_line(theta: np.ndarray, logX: np.ndarray) -> np.ndarray:
+    """a + b·log10 x (..., n), unclipped."""
+    a, b = _cols(theta)
+    return a + b * (logX[0] / LN10)
+
+
+#: below this error the log of the line is continued linearly (C¹), so log-space losses and
+#: gradients stay finite where the line reaches 0; the error it gives there, exp(·), is 0
+LOGLIN_EPS = 1e-12
+
+
+def _loglin_log_predict(theta: np.ndarray, logX: np.ndarray) -> np.ndarray:
+    """log of the error: log(line) above ``LOGLIN_EPS``, its tangent continuation below."""
+    line = _loglin_line(theta, logX)
+    return np.where(
+        line > LOGLIN_EPS,
+        np.log(np.maximum(line, LOGLIN_EPS)),
+        np.log(LOGLIN_EPS) + (line - LOGLIN_EPS) / LOGLIN_EPS,
+    )
+
+
+def _loglin_jac(theta: np.ndarray, logX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    line = _loglin_line(theta, logX)
+    inv = 1.0 / np.maximum(line, LOGLIN_EPS)  # ∂log ŷ/∂line
+    return _loglin_log_predict(theta, logX), _stack(inv, inv * (logX[0] / LN10), axis=-2)
+
+
+def _loglin_start(logX: np.ndarray, logy: np.ndarray) -> np.ndarray:
+    """One start (1, 2): the unweighted least-squares line through the errors."""
+    coef, *_ = np.linalg.lstsq(_loglin_design(logX), np.exp(logy), rcond=None)
+    return coef[None, :]
+
+
+def _loglin_log_floor(theta: np.ndarray, along: int, logx: np.ndarray) -> np.ndarray:
+    """No floor: a falling line reaches error 0 (log −∞); a rising one grows without bound (+∞);
+    a flat one stays at a."""
+    t = np.asarray(theta, dtype=float)
+    a, b = t[..., 0], t[..., 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        flat = np.where(a > 0, np.log(np.where(a > 0, a, 1.0)), -np.inf)
+    return np.where(b < 0, -np.inf, np.where(b > 0, np.inf, flat))
+
+
+def _loglin_solve(theta: np.ndarray, target_err: float, along: int, logx: np.ndarray) -> np.ndarray:
+    """x = 10^((target − a)/b) where the line falls (b < 0); +∞ where it does not."""
+    t = np.atleast_2d(np.asarray(theta, dtype=float))
+    a, b = t[:, 0], t[:, 1]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        x = np.power(10.0, (target_err - a) / np.where(b < 0, b, -1.0))
+    return np.where(b < 0, x, np.inf)
+
+
+def _loglin_describe(
+    params: dict[str, float], ci95: dict[str, list[float | None] | None], axis: str
+) -> str:
+    a, b = params["a"], params["b"]
+    ci = ci95.get("b")
+    per = f" (95% CI of b {_fmt_ci(ci)})" if ci else ""
+    if b >= 0:
+        return (
+            f"error changes by {b:+.3g} per decade of {axis}{per}, a straight line in log10 {axis} "
+            "that does not fall: more data along it does not help"
+        )
+    zero = 10.0 ** (-a / b)
+    return (
+        f"error falls by {-b:.3g} per decade of {axis}{per}, a straight line in log10 {axis} "
+        f"with no floor (it would reach 0 at {axis} ≈ {zero:,.3g})"
+    )
+
+
+def _fmt_ci(ci: list[float | None]) -> str:
+    return "[" + ", ".join("—" if v is None else f"{v:.3g}" for v in ci) + "]"
+
+
+LAWS.register(
+    "log_linear",
+    Law(
+        name="log_linear",
+        formula="err = a + b·log10(x)",
+        axes=1,
+        param_names=("a", "b"),
+        log_params=frozenset(),
+        log_predict=_loglin_log_predict,
+        jac=_loglin_jac,
+        init_grid=_loglin_start,
+        bounds=lambda logX: [(-np.inf, np.inf), (-np.inf, np.inf)],
+        floor_name=None,
+        log_floor=_loglin_log_floor,
+        exponent_names=(("b",),),
+        exponent_sign=-1.0,
+        exponent_symbols=("−b",),
+        design=_loglin_design,
+        solve=_loglin_solve,
+        describe=_loglin_describe,
     ),
 )

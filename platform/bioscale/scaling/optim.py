@@ -159,6 +159,23 @@ def polish(
     return np.asarray(res.x, dtype=float), float(res.fun)
 
 
+def linear_lstsq(
+    design: np.ndarray, err: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Closed-form fits of a law linear in θ (``Law.design``): weighted least squares of the
+    errors ``err`` (B, n) on ``design`` (n, P), each point weighted by 1/err² (times its case
+    weight (B, n), if given). The relative weights make Σ((err − ŷ)/err)² the objective, to first
+    order the squared log residual every other law fits, so a point with a small error counts as
+    much as one with a large error. Returns θ (B, P)."""
+    err = np.atleast_2d(np.asarray(err, dtype=float))
+    W = np.broadcast_to(1.0 if weights is None else weights, err.shape) / err**2
+    out = np.empty((len(err), design.shape[1]))
+    for b in range(len(err)):
+        sw = np.sqrt(W[b])
+        out[b] = np.linalg.lstsq(design * sw[:, None], err[b] * sw, rcond=None)[0]
+    return out
+
+
 def distinct(thetas: np.ndarray, loss: np.ndarray, tol: float = SAME_BASIN) -> np.ndarray:
     """Indices of the finite-loss θ (B, P) that are distinct basins, best loss first."""
     kept: list[int] = []

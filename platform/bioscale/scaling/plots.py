@@ -21,11 +21,12 @@ def _label(fit: FitResult) -> str:
     label = ", ".join(f"{v}" for v in fit.group.values()) or "all"
     if fit.params is None:
         return f"{label} (no fit: {fit.note.split(';')[0]})"
-    exps = [fit.spec.exponent(fit.params, i) for i in range(len(fit.axis))]
-    ci = fit.ci95.get(fit.spec.exponent_names[0][0]) if len(fit.axis) == 1 else None
-    text = ", ".join(f"{n}={e:.2f}" for n, e in zip(("α", "β"), exps, strict=False))
-    if ci and len(fit.spec.exponent_names[0]) == 1:
-        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+    spec = fit.spec
+    exps = [spec.exponent(fit.params, i) for i in range(len(fit.axis))]
+    ci = spec.exponent_ci(fit.ci95) if len(fit.axis) == 1 else None
+    text = ", ".join(f"{n}={e:.3g}" for n, e in zip(spec.exponent_symbols, exps, strict=False))
+    if ci:
+        text += " [" + ", ".join("—" if v is None else f"{v:.3g}" for v in ci) + "]"
     flag = " — plateau" if fit.plateau and fit.plateau["plateau"] else ""
     return f"{label}: {text}{flag}"
 

@@ -103,17 +103,21 @@ def describe_fit(fit: FitResult, metric_label: str) -> str:
             "and no power law is extrapolated through it."
         )
     spec = fit.spec
-    alpha = spec.exponent(fit.params, len(fit.axis) - 1)
-    ename = spec.exponent_names[len(fit.axis) - 1]
-    ci = fit.ci95.get(ename[0]) if len(ename) == 1 else None
-    floor = fit.params.get(spec.floor_name, 0.0) if spec.floor_name else 0.0
-    gain = 1.0 - 2.0 ** (-alpha)
-    text = (
-        f"{name}: {metric_label} error falls as {fit.axis[-1]}^−{alpha:.2f}"
-        + (f" (95% CI {_ci(ci, '.2f')})" if ci else "")
-        + f" over {span}, toward a floor of {floor:.3f} in error; each doubling of {what} removes "
-        f"{gain:.0%} of the error above that floor."
-    )
+    if spec.describe is not None:
+        clause = spec.describe(fit.params, fit.ci95, fit.axis[-1])
+        text = f"{name}: {metric_label} {clause}, over {span}."
+    else:
+        alpha = spec.exponent(fit.params, len(fit.axis) - 1)
+        ename = spec.exponent_names[len(fit.axis) - 1]
+        ci = fit.ci95.get(ename[0]) if len(ename) == 1 else None
+        floor = fit.params.get(spec.floor_name, 0.0) if spec.floor_name else 0.0
+        gain = 1.0 - 2.0 ** (-alpha)
+        text = (
+            f"{name}: {metric_label} error falls as {fit.axis[-1]}^−{alpha:.2f}"
+            + (f" (95% CI {_ci(ci, '.2f')})" if ci else "")
+            + f" over {span}, toward a floor of {floor:.3f} in error; each doubling of {what} "
+            f"removes {gain:.0%} of the error above that floor."
+        )
     bt = fit.backtest
     if bt:
         inside = bt.get("in_interval") or []
@@ -140,6 +144,43 @@ def describe_forecast(fc: Forecast) -> str:
     if fc.status == "unreachable":
         return f"{name}: {fc.target:.3g} is out of reach along {axis} (floor {fc.floor:.3g} {_ci(fc.floor_ci95)}). {fc.note}"
     return f"{name}: whether {fc.target:.3g} is reachable along {axis} is uncertain. {fc.note}"
+
+
+def law_check_section(checks: Sequence[dict[str, Any]]) -> str:
+    """The report's "power law or straight line in log x" section; empty without checks."""
+    if not checks:
+        return ""
+    from bioscale.scaling.selection import AICC_MARGIN, describe_law_check
+
+    def num(v: float | None, fmt: str) -> str:
+        return "—" if v is None else "+∞" if v == float("inf") else format(v, fmt)
+
+    rows = [
+        {
+            "group": ", ".join(f"{k}={v}" for k, v in c["group"].items()),
+            "axis": ",".join(c["axis"]),
+            "runs": c["n_points"],
+            "AICc power": num(c["aicc_power"], ".1f"),
+            "AICc log_linear": num(c["aicc_log_linear"], ".1f"),
+            "ΔAICc": num(c["delta_aicc"], "+.1f"),
+            "verdict": c["verdict"],
+            "backtest |error| power": num(c["backtest_abs_error_power"], ".3g"),
+            "backtest |error| log_linear": num(c["backtest_abs_error_log_linear"], ".3g"),
+        }
+        for c in checks
+    ]
+    items = "".join(f"<li>{html.escape(describe_law_check(c))}</li>" for c in checks)
+    return (
+        "<h2>Power law or straight line in log x?</h2><p class=note>Per curve, the power law "
+        "err = E + A·x^(−α) against <code>log_linear</code>, err = a + b·log10 x (the line "
+        "Pheno-CA compared against). Criterion: AICc (small-sample Akaike information criterion) "
+        "of a Gaussian likelihood of the log residuals, the noise variance counted as a "
+        "parameter, over every run; ΔAICc = AICc(log_linear) − AICc(power). log_linear "
+        f"<b>fits as well</b> when ΔAICc ≤ {AICC_MARGIN:g} (|ΔAICc| ≤ {AICC_MARGIN:g}: the data "
+        "cannot tell the two apart; below −2 the line fits better; above 2 the power law does). "
+        "Backtest errors (each law refitted without the largest scale, predicting it) are shown "
+        f"for information.</p><ul>{items}</ul>{_table(rows, list(rows[0]))}"
+    )
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -197,6 +238,7 @@ def render(
     alignment_trends: Sequence[str] = (),
     alignment_accuracy: str | None = None,
     vis_panels: Sequence[VisPanel] = (),
+    law_checks: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write ``out`` (report.html) next to its plots; return its path. ``layer_plots``: the layer
     search heat maps (a section of their own, only when trials searched layers).
@@ -204,7 +246,8 @@ def render(
     and one sentence per objective on alignment against N (``bioscale.scaling.alignment``; a
     section only when trials logged alignment metrics), ``alignment_accuracy`` the accuracy
     column the plots use. ``vis_panels``: feature visualisations, one panel per objective (a
-    section only when there are some)."""
+    section only when there are some). ``law_checks``: per curve, whether ``log_linear`` fits
+    as well as ``power`` (``scaling.selection.law_check``; a section only when there are some)."""
     trial_cols = list(trial_columns or [])
     if not trial_cols:
         trial_cols = [
@@ -290,6 +333,7 @@ scale has one run); dashed lines extrapolate beyond the data; a star marks a for
 {alignment_section}
 {vis_section(vis_panels)}
 <h2>Fitted laws (95% intervals)</h2>{_table(ftable, columns)}
+{law_check_section(law_checks)}
 <h2>Forecasts</h2><ul>{fc_items or "<li>none</li>"}</ul>
 <h2>Objective comparisons</h2>{_table(cmp_rows, list(cmp_rows[0])) if cmp_rows else "<p class=note>none: no two fitted curves differ only in objective.</p>"}
 <h2>Data issues</h2><ul>{issue_list}</ul>
