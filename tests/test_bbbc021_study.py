@@ -44,6 +44,8 @@ def bbbc021_study(realdata, ray_local, tmp_path_factory):
     ]
     study["train"]["budget"] = {"epochs": 15}
     study["resources"] = {"cpus_per_worker": 0.5, "max_concurrent_trials": 2}
+    # the table is MAD-robustised already; Pheno-CA's clip exercises data.preprocess end to end
+    study["data"]["preprocess"] = {"clip": 30.0}
     spec = StudySpec.from_dict(study)
     baseline = out / "baseline.json"
     with_study = out / "study.yaml"
@@ -88,3 +90,11 @@ def test_bbbc021_trials_learn_moa_and_report_the_standard_benchmark(bbbc021_stud
         baseline["metrics"]
     )
     assert baseline["metrics"]["nsc/moa/top1"] > 3 * CHANCE
+    # the study keeps the transform its trials were fed (and bioscale evaluate reuses)
+    from bioscale.data.preprocess import load_fitted
+
+    kept = load_fitted(result.out_dir / "preprocess.npz")
+    assert kept.config.clip == 30.0 and kept.n_out == 189
+    tracker = Tracker(result.tracking_uri)
+    names = [a.path for a in tracker.client.list_artifacts(result.parent_run_id)]
+    assert "preprocess.npz" in names

@@ -123,12 +123,13 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
     from bioscale.eval.baseline import raw_feature_metrics
 
-    splits, probe, explicit = None, None, False
+    splits, probe, explicit, preprocess = None, None, False, None
     if args.study:
         from bioscale.study.spec import StudySpec
 
         spec = StudySpec.load(args.study)
         splits, probe, explicit = spec.data.splits, spec.probe, spec.eval is not None
+        preprocess = spec.data.preprocess  # the features as the study's trials see them
     if args.eval:
         from dataclasses import replace
 
@@ -136,7 +137,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
         probe = replace(probe or ProbeConfig(), tasks=tuple(args.eval.split(",")))
         explicit = True
-    result = raw_feature_metrics(args.manifest, splits=splits, probe=probe, explicit=explicit)
+    result = raw_feature_metrics(
+        args.manifest, splits=splits, probe=probe, explicit=explicit, preprocess=preprocess
+    )
     for reason in result.dropped:
         print(f"bioscale: task not applicable, skipped: {reason}", file=sys.stderr)
     print(
@@ -149,6 +152,46 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result.as_json(), indent=1) + "\n")
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bioscale.data import manifest as mf
+    from bioscale.data.preprocess import PreprocessConfig, fit_preprocess, write_preprocessed
+    from bioscale.data.splits import SampleIndex, SplitConfig
+
+    cfg, splits = PreprocessConfig(), SplitConfig()
+    if args.study:
+        from bioscale.study.spec import StudySpec
+
+        spec = StudySpec.load(args.study)
+        cfg, splits = spec.data.preprocess, spec.data.splits
+    flags = {
+        "normalize": args.normalize,
+        "feature_select": tuple(args.feature_select.split(",")) if args.feature_select else None,
+        "clip": args.clip,
+        "pca_variance": args.pca_variance,
+    }
+    cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    if not cfg.enabled:
+        from bioscale.errors import ConfigError
+
+        raise ConfigError(
+            "data preprocess: nothing to do; set --normalize, --feature-select, --clip or "
+            "--pca-variance, or --study with a data.preprocess section"
+        )
+    index = SampleIndex.from_table(mf.read_metadata(args.manifest), splits)
+    print("fitting on the training-pool wells ...", file=sys.stderr, flush=True)
+    fitted = fit_preprocess(args.manifest, index, cfg)
+    out = write_preprocessed(args.manifest, args.out, fitted)
+    for note in fitted.notes:
+        print(f"  {note}")
+    print(
+        f"wrote {out}: {fitted.n_out} features per well (fitted on {fitted.n_fit_wells} "
+        f"training-pool wells; transform sha {fitted.sha()[:12]}, saved beside it)"
+    )
     return 0
 
 
@@ -343,13 +386,34 @@ def add_commands(sub) -> None:
     chk.add_argument("--address", default=None, help="run on this Ray cluster (Ray Data)")
     chk.set_defaults(func=cmd_check)
 
+    pp = data.add_parser(
+        "preprocess",
+        help="normalise, select, clip and whiten a profile manifest's features into a new one",
+    )
+    pp.add_argument("manifest", help="a profile manifest")
+    pp.add_argument("--out", required=True, help="the preprocessed manifest to write")
+    pp.add_argument("--study", default=None, help="use this study's data.preprocess and splits")
+    pp.add_argument("--normalize", choices=["none", "mad_robustize", "standardize"], default=None)
+    pp.add_argument(
+        "--feature-select",
+        default=None,
+        help="comma-separated: variance_threshold,correlation_threshold,drop_na_columns,blocklist",
+    )
+    pp.add_argument("--clip", type=float, default=None, help="clip to ±CLIP (Pheno-CA: 30)")
+    pp.add_argument(
+        "--pca-variance", type=float, default=None, help="PCA-whiten keeping this variance"
+    )
+    pp.set_defaults(func=cmd_preprocess)
+
     bl = data.add_parser(
         "baseline",
         help="the evaluation suite on a profile manifest's raw features (no training, no Ray)",
     )
     bl.add_argument("manifest", help="a profile manifest")
     bl.add_argument(
-        "--study", default=None, help="take splits, probe settings and eval: from this study"
+        "--study",
+        default=None,
+        help="take splits, data.preprocess, probe settings and eval: from this study",
     )
     bl.add_argument("--eval", default=None, help="comma-separated tasks (default: every task)")
     bl.add_argument("--json", default=None, help='write {"metrics": {...}} here')

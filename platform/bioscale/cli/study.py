@@ -56,11 +56,16 @@ def print_where(result, analysis) -> None:
     print(f"fits (JSON):  {analysis.fits_json}")
     print(f"trial table:  {analysis.table}")
     print(f"MLflow store: {redact_uri(result.tracking_uri)}")
+    # MLflow 3's UI opens on its GenAI overview; this page is the study's runs table (the
+    # trials nested under the study run)
+    runs_page = f"#/experiments/{result.experiment_id}/runs?workflowType=machine_learning"
     if result.tracking_uri.startswith("sqlite:"):
         print(
             f"browse it:    .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri} "
-            "--port 5000   (then open http://127.0.0.1:5000)"
+            f"--port 5000   (then open http://127.0.0.1:5000/{runs_page})"
         )
+    elif result.tracking_uri.startswith(("http://", "https://")):
+        print(f"runs table:   {redact_uri(result.tracking_uri).rstrip('/')}/{runs_page}")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

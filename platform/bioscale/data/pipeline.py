@@ -300,9 +300,15 @@ def decoded_natural(
     return decoded.select_columns(["x", "map", "has_map", *labels])
 
 
-def profile_rows(manifest: str | Path, sample_ids: np.ndarray, labels: dict[str, np.ndarray]):
+def profile_rows(
+    manifest: str | Path,
+    sample_ids: np.ndarray,
+    labels: dict[str, np.ndarray],
+    transform=None,
+):
     """A small labelled profile set as a Ray Dataset, read with pyarrow (only the row groups that
-    hold ``sample_ids``): ``{"x": (F,) float32, <label>: int64}`` in ``sample_ids`` order."""
+    hold ``sample_ids``): ``{"x": (F,) float32, <label>: int64}`` in ``sample_ids`` order;
+    ``transform(x)`` (rows in that order) preprocesses the features first."""
     import pyarrow.parquet as pq
     import ray.data
     from ray.data.extensions import ArrowTensorArray
@@ -314,6 +320,7 @@ def profile_rows(manifest: str | Path, sample_ids: np.ndarray, labels: dict[str,
     pos = pc.index_in(wanted, value_set=table.column("sample_id")).to_numpy(zero_copy_only=False)
     feats = table.column(FEATURES).combine_chunks()
     x = feats.flatten().to_numpy(zero_copy_only=False).reshape(len(table), feats.type.list_size)
-    columns = {"x": ArrowTensorArray.from_numpy(np.ascontiguousarray(x[pos], dtype=np.float32))}
+    x = x[pos] if transform is None else transform(x[pos])
+    columns = {"x": ArrowTensorArray.from_numpy(np.ascontiguousarray(x, dtype=np.float32))}
     columns |= {k: pa.array(np.asarray(v, dtype=np.int64)) for k, v in labels.items()}
     return ray.data.from_arrow(pa.table(columns))

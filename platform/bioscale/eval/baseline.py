@@ -50,6 +50,7 @@ def raw_feature_metrics(
     splits: Any = None,
     probe: ProbeConfig | None = None,
     explicit: bool = False,
+    preprocess: Any = None,
 ) -> Baseline:
     """Evaluate ``manifest``'s raw features as a trial's embedding is evaluated.
 
@@ -59,6 +60,8 @@ def raw_feature_metrics(
         probe: the evaluation settings and ``tasks`` (default: every task profiles can feed).
         explicit: the tasks were asked for by name: one the data cannot feed is an error (as in a
             study's ``eval:``) instead of being dropped.
+        preprocess: a study's ``data.preprocess`` (``bioscale.data.preprocess``): the features
+            are evaluated as that study's trials are fed them (fitted on its training pool).
     """
     from bioscale.data import kinds
     from bioscale.data import manifest as mf
@@ -87,6 +90,11 @@ def raw_feature_metrics(
     targets = probe_set_targets(index)
     ids = [str(s) for s in index.sample_id[targets.rows]]
     _, features = mf.read_features(manifest, ids)
+    if preprocess is not None and preprocess.enabled:
+        from bioscale.data.preprocess import fit_preprocess
+
+        fitted = fit_preprocess(manifest, index, preprocess)
+        features = fitted.apply(features, fitted.plate_codes(index.plate[targets.rows]))
     columns = {k: np.asarray(v) for k, v in targets.columns.items()}
     columns["emb"] = features.astype(np.float32)
     metrics = evaluate(columns, probe)

@@ -44,3 +44,18 @@ class PhenoMLP(nn.Module):
         for block in self.blocks:
             h = block(h)
         return h
+
+
+class RawFeatures(nn.Module):
+    """The identity on profile features (rung ``features:raw``): no parameters; the embedding is
+    the input."""
+
+    def __init__(self, d_in: int) -> None:
+        super().__init__()
+        self.embed_dim = d_in
+
+    def feature_layer_names(self) -> list[str]:
+        return []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x

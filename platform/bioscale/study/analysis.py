@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bioscale.models.features import TRAINLESS_FAMILY
 from bioscale.scaling.api import CurveSpec, FitSet, fit_table, report_table
 from bioscale.scaling.fit import N_BOOT, FitResult
 from bioscale.scaling.forecast import Forecast
@@ -19,6 +20,22 @@ from bioscale.study.tracking import Tracker
 
 PRIMARY_METRIC = "probe/moa/novel_compounds/top1"
 SEEN_METRIC = "probe/moa/seen_compounds/top1"
+
+
+def _baseline_note(baselines: list[dict], metric: str, split: str) -> str:
+    """The report's sentence on the untrained rungs' scores (the raw-features baseline)."""
+    parts = []
+    for row in baselines:
+        value = row.get(metric)
+        if isinstance(value, int | float) and math.isfinite(value):
+            parts.append(f"{row.get('rung')}: MoA top-1 on {split} {value:.3f}")
+    if not parts:
+        return ""
+    return (
+        " Baseline (untrained: the input features as they are, no curve): "
+        + "; ".join(parts)
+        + " — a learned representation must beat it."
+    )
 
 
 def _primary_metric(rows: list[dict]) -> str:
@@ -135,6 +152,10 @@ def analyse(
     metric = metric or _primary_metric(rows)
     split = metric.split("/")[2].replace("_", " ") if metric.count("/") == 3 else metric
     table = write_csv(rows, report_dir / "trials.csv")
+    # untrained rungs (features:raw) sit on no curve (N = 0, nothing trained): the report states
+    # them as the baseline every curve must beat
+    baselines = [r for r in rows if r.get("model_family") == TRAINLESS_FAMILY]
+    rows = [r for r in rows if r.get("model_family") != TRAINLESS_FAMILY]
     # ``bioscale visualize`` output under <out>/visualize/: one panel per objective
     panels = report_panels(rows, out_dir, report_dir)
     built = report_table(
@@ -150,7 +171,7 @@ def analyse(
         specs=CURVES,
         targets=targets,
         n_boot=n_boot,
-        footnote=_PROBE_NOTE,
+        footnote=_PROBE_NOTE + _baseline_note(baselines, metric, split),
         trial_columns=[
             "rung",
             "N",

@@ -16,12 +16,24 @@ from bioscale.study.spec import StudySpec
 
 
 def trial_datasets(
-    spec: StudySpec, manifest: str, index: SampleIndex, data: TrialData, skips=None
+    spec: StudySpec,
+    manifest: str,
+    index: SampleIndex,
+    data: TrialData,
+    skips=None,
+    prepared: Any = None,
 ) -> dict[str, Any]:
     """``{"train": streamed or materialised, "val": materialised, "probe": materialised}``, and
     for image studies whose ``alignment:`` reads human maps, ``"held_out"`` (materialised): the
     probe-test images in the objective's label space. ``skips``: a ``SkipLedger`` actor that
     unreadable image sites are dropped into (``data.image.bad_samples: skip``)."""
     return build_datasets(
-        spec.data, spec.resources, reads_maps(spec), manifest, index, data, skips=skips
+        spec.data,
+        spec.resources,
+        reads_maps(spec),
+        manifest,
+        index,
+        data,
+        skips=skips,
+        prepared=prepared,
     )

@@ -29,6 +29,8 @@ from bioscale.eval.trial_alignment import (
     check_data,
     classifier_refusal,
 )
+from bioscale.models.features import is_trainless
+from bioscale.models.ladder import get_rung
 from bioscale.objectives import registry as objectives
 from bioscale.objectives.base import Objective, Targets
 from bioscale.study.spec import ObjectiveSpec, StudySpec
@@ -182,7 +184,17 @@ def expand(spec: StudySpec) -> tuple[list[GridPoint], list[tuple[GridPoint, str]
             if _excluded(GridPoint(rung=rung, diet=diet, objective=obj, seed=seed), spec.exclude):
                 dropped.append((point, "excluded by the study's exclude list"))
                 continue
-            ident = (rung, obj.label(), point.diet, seed)
+            # an untrained rung's embedding depends on no diet, objective or seed: one trial
+            ident = (rung,) if is_trainless(rung) else (rung, obj.label(), point.diet, seed)
+            if ident in seen and ident == (rung,):
+                dropped.append(
+                    (
+                        GridPoint(rung=rung, diet=diet, objective=obj, seed=seed),
+                        f"{rung} is not trained: '{seen[ident].describe()}' stands for every "
+                        "diet, objective and seed",
+                    )
+                )
+                continue
             if ident in seen:
                 if point.diet != diet or seen[ident] is not point:
                     dropped.append(
@@ -195,6 +207,19 @@ def expand(spec: StudySpec) -> tuple[list[GridPoint], list[tuple[GridPoint, str]
             seen[ident] = point
             kept.append(point)
     return kept, dropped
+
+
+def _check_trainless(rung: str, input_shape: tuple[int, ...], spec: StudySpec) -> None:
+    if len(input_shape) != 1:
+        raise ConfigError(
+            f"rung {rung} evaluates profile features as they are: it applies to data.kind "
+            f"profiles, not {spec.data.kind!r}"
+        )
+    if spec.probe.selection == "search":
+        raise ConfigError(
+            f"rung {rung} has no layers to search: use probe.selection: last, or leave {rung} "
+            "out of this study"
+        )
 
 
 def probe_targets(index: SampleIndex) -> Targets:
@@ -245,15 +270,22 @@ def resolve(
     the evaluation the trial runs (default the study's, ``check_eval_data`` narrows it)."""
     data, num_classes = trial_data(index, point)
     alignment, notes = trial_alignment(spec.alignment, point, num_classes)
-    n_params, n_heads, family, flops = _size_and_flops(
-        point.rung,
-        input_shape,
-        json.dumps(asdict(point.objective), sort_keys=True),
-        json.dumps(num_classes, sort_keys=True),
-    )
-    d_samples = len(data.train.rows)
-    d_compounds = len(set(index.perturbation_id[data.train.rows]))
-    max_epochs, max_samples = spec.train.budget.resolve(n_params, d_samples)
+    trainless = is_trainless(point.rung)
+    if trainless:  # the raw features: nothing to size, train or count
+        _check_trainless(point.rung, input_shape, spec)
+        n_params, n_heads, family, flops = 0, 0, get_rung(point.rung).family, 0.0
+        d_samples = d_compounds = 0
+        max_epochs, max_samples = 0, 0
+    else:
+        n_params, n_heads, family, flops = _size_and_flops(
+            point.rung,
+            input_shape,
+            json.dumps(asdict(point.objective), sort_keys=True),
+            json.dumps(num_classes, sort_keys=True),
+        )
+        d_samples = len(data.train.rows)
+        d_compounds = len(set(index.perturbation_id[data.train.rows]))
+        max_epochs, max_samples = spec.train.budget.resolve(n_params, d_samples)
     objective = objectives.build(point.objective.name, point.objective.params)
     loop = LoopConfig(
         rung=point.rung,
@@ -263,7 +295,7 @@ def resolve(
         num_classes=num_classes,
         max_epochs=max_epochs,
         max_samples=max_samples,
-        lr=spec.train.lr.resolve(n_params),
+        lr=0.0 if trainless else spec.train.lr.resolve(n_params),
         weight_decay=objective.weight_decay(spec.train.weight_decay),
         weight_decay_mode=objective.weight_decay_mode(spec.train.weight_decay_mode),
         batch_size=spec.train.batch_size,
@@ -463,7 +495,8 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
     has_maps = manifest.has_maps
     trials = []
     for i, point in enumerate(points):
-        if objectives.get(point.objective.name).needs_maps and not has_maps:
+        trainless = is_trainless(point.rung)  # no objective runs: nothing of it to refuse
+        if objectives.get(point.objective.name).needs_maps and not has_maps and not trainless:
             dropped.append(
                 (
                     point,
@@ -472,12 +505,14 @@ def plan(spec: StudySpec, manifest_path: str | Path) -> StudyPlan:
                 )
             )
             continue
-        refusal = objectives.get(point.objective.name).rung_refusal(point.rung)
+        refusal = (
+            None if trainless else objectives.get(point.objective.name).rung_refusal(point.rung)
+        )
         if refusal is not None:
             dropped.append((point, refusal))
             continue
         trial, _ = resolve(spec, info, index, point, i, code, input_shape, probe=probe)
-        if trial.params["D_samples"] == 0:
+        if trial.params["D_samples"] == 0 and not trainless:
             dropped.append((point, "the diet leaves no training samples for this objective"))
             continue
         trials.append(trial)

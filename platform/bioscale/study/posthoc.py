@@ -211,7 +211,11 @@ class FinishedTrials:
         probe = probe_targets(self.index)
         empty = Targets(rows=probe.rows[:0], columns={k: v[:0] for k, v in probe.columns.items()})
         data = TrialData(train=empty, val=empty, probe=probe)
-        return trial_datasets(self.spec, str(self.manifest), self.index, data)["probe"]
+        # what the study's driver prepared for its trials (a fitted preprocessing), as it kept it
+        prepared = kinds.get(self.spec.data.kind).load_prepared(self.spec.data, self.out_dir)
+        return trial_datasets(self.spec, str(self.manifest), self.index, data, prepared=prepared)[
+            "probe"
+        ]
 
 
 # ------------------------------------------------------------------------------ re-evaluation

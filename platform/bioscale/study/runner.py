@@ -21,6 +21,7 @@ from bioscale.config import to_mapping
 from bioscale.data import kinds
 from bioscale.errors import BioscaleError, ConfigError, TrackingError
 from bioscale.eval.layer_search import CURVES_ARTIFACT
+from bioscale.models.features import TRAINLESS_FAMILY
 from bioscale.names import NODE_IDS
 from bioscale.study.lock import OutputLock, StudyLease
 from bioscale.study.payload import TrialPayload, payloads
@@ -190,18 +191,32 @@ def _trial_fn(config: dict[str, Any], payloads: dict[str, TrialPayload]) -> None
 
         skips = skip_ledger()
     datasets = payload.datasets(index, data, skips=skips)
+    if payload.params.get("model_family") == TRAINLESS_FAMILY:  # features:raw: evaluate only
+        ray.tune.report(_evaluate_untrained(payload, datasets, t0))
+        return
+    train_config = {
+        "loop": to_mapping(payload.loop),
+        "batch_size_per_worker": payload.batch_size_per_worker,
+        "runtime": to_mapping(payload.runtime),  # DDP buckets, batch feed
+    }
+    # the loop's final evaluation (probes, alignment) is wired here: train never imports eval
+    final = functools.partial(final_metrics, final=payload.final)
+    if res.direct:  # one worker: trained right here, no Ray Train worker group to start
+        from bioscale.train.ray_worker import direct_trial
+
+        direct_trial(
+            train_config,
+            datasets,
+            checkpoints=f"{payload.storage.rstrip('/')}/trial-{payload.key[:16]}/direct",
+            final=final,
+        )
+        _report_closing(skips, data, payload, t0)
+        return
     use_gpu = res.gpus_per_worker > 0
     per_worker = {"CPU": res.cpus_per_worker} | ({"GPU": res.gpus_per_worker} if use_gpu else {})
     trainer = TorchTrainer(
-        # the loop's final evaluation (probes, alignment) is wired here: train never imports eval
-        functools.partial(
-            train_worker, final=functools.partial(final_metrics, final=payload.final)
-        ),
-        train_loop_config={
-            "loop": to_mapping(payload.loop),
-            "batch_size_per_worker": payload.batch_size_per_worker,
-            "runtime": to_mapping(payload.runtime),  # DDP buckets, batch feed
-        },
+        functools.partial(train_worker, final=final),
+        train_loop_config=train_config,
         scaling_config=ScalingConfig(
             num_workers=res.workers_per_trial,
             use_gpu=use_gpu,
@@ -220,10 +235,55 @@ def _trial_fn(config: dict[str, Any], payloads: dict[str, TrialPayload]) -> None
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+    _report_closing(skips, data, payload, t0)
+
+
+def _trial_resources(spec: StudySpec) -> dict[str, float]:
+    """What a Tune trial's own process holds: a one-worker trial that trains there holds its
+    worker's CPUs and GPUs; a trial that starts a worker group only coordinates (0.01 CPU)."""
+    res = spec.resources
+    if not res.direct:
+        return {"CPU": 0.01}
+    out = {"CPU": max(res.cpus_per_worker, 0.01)}
+    if res.gpus_per_worker > 0:
+        out["GPU"] = res.gpus_per_worker
+    return out
+
+
+def _report_closing(skips, data, payload: TrialPayload, t0: float) -> None:
+    """The trial's last report: its wall time, and the sites it skipped (images)."""
+    import ray
+    import ray.tune
+
     closing: dict[str, Any] = {}
     if skips is not None:
         closing = _skipped(ray.get(skips.entries.remote()), len(data.train.rows), payload.data)
     ray.tune.report({"perf/trial_seconds": time.perf_counter() - t0, "trial_complete": 1} | closing)
+
+
+def _evaluate_untrained(payload: TrialPayload, datasets: dict[str, Any], t0: float) -> dict:
+    """A trial of an untrained rung (``features:raw``): the probe rows' features are their
+    embedding; the study's evaluation runs on them in this process, and the trial reports what a
+    trained trial reports at its end (zero epochs, samples and FLOPs)."""
+    import numpy as np
+
+    from bioscale.eval.tasks import evaluate
+
+    columns: dict[str, list[np.ndarray]] = {}
+    for batch in datasets["probe"].iter_batches(batch_size=None, batch_format="numpy"):
+        for name, values in batch.items():
+            columns.setdefault("emb" if name == "x" else name, []).append(values)
+    probe = {k: np.concatenate(v) for k, v in columns.items()}
+    metrics = evaluate(probe, payload.final.probe)
+    return metrics | {
+        "final": 1.0,
+        "trial_complete": 1,
+        "train/epochs": 0,
+        "train/samples_seen": 0,
+        "compute/flops": 0.0,
+        "compute/seconds": 0.0,
+        "perf/trial_seconds": time.perf_counter() - t0,
+    }
 
 
 #: The trial artifact listing the image sites ``bad_samples: skip`` dropped (sample id → error).
@@ -600,12 +660,18 @@ def _tune(
     )
     _clear(f"{storage}/{name}")  # an interrupted attempt at the same pending set: start clean
     runs = payloads(spec, study_plan, pending, storage, progress)
+    # what the data kind prepared for every trial (a fitted preprocessing) is kept with the study
+    files = kinds.get(spec.data.kind).artifacts(runs[0].prepared, Path(out)) if runs else []
+    if files:
+        tracker.log_artifacts(parent_id, files)
     writer = TrialWriter(tracker, experiment_id, parent_id, progress=progress)
     by_key = {p.key: p for p in runs}
     callback = _make_callback(writer, len(study_plan.trials), progress, earlier, by_key)
     tuner = tune.Tuner(
         # each trial's payload travels through the object store; Tune's grid is over the keys
-        tune.with_resources(tune.with_parameters(_trial_fn, payloads=by_key), {"CPU": 0.01}),
+        tune.with_resources(
+            tune.with_parameters(_trial_fn, payloads=by_key), _trial_resources(spec)
+        ),
         param_space={"trial": tune.grid_search(list(by_key))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrent,

@@ -20,6 +20,7 @@ from bioscale.data import kinds
 from bioscale.data.diets import Diet
 from bioscale.data.image_config import ImageConfig
 from bioscale.data.natural import MapConfig
+from bioscale.data.preprocess import PreprocessConfig
 from bioscale.data.splits import SplitConfig
 from bioscale.data.synth import SynthProfilesConfig
 from bioscale.errors import ConfigError
@@ -83,6 +84,9 @@ class DataSpec:
     #: profiles holding NaN/±Inf features: ``error`` refuses the manifest at plan time, naming
     #: them; ``drop`` leaves those samples out of every role (part of the trial key).
     non_finite: Literal["error", "drop"] = "error"
+    #: profiles: per-plate normalisation, feature selection, clipping, PCA whitening before any
+    #: model sees the features (``bioscale.data.preprocess``; part of the trial key when set)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
         if (self.manifest is None) == (self.synthetic is None):
@@ -167,6 +171,15 @@ class ResourceSpec:
     #: how a trial's workers are placed on nodes (Ray placement strategies): PACK fills nodes,
     #: SPREAD puts workers on different nodes where it can, STRICT_* insist.
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    #: how a trial trains: ``auto`` runs a one-worker trial straight in its Tune trial's process
+    #: (no Ray Train worker group: seconds less fixed cost per trial) and a multi-worker trial as
+    #: a Ray Train worker group; ``ray_train`` always starts the worker group
+    trial_runner: Literal["auto", "ray_train"] = "auto"
+
+    @property
+    def direct(self) -> bool:
+        """One-worker trials train in their Tune trial's own process."""
+        return self.trial_runner == "auto" and self.workers_per_trial == 1
 
     def __post_init__(self) -> None:
         if self.workers_per_trial < 1 or self.max_concurrent_trials < 1:

@@ -7,7 +7,9 @@ Thin by design: the loop is ``bioscale.train.loop.run``; this file only maps its
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -186,3 +188,165 @@ def train_worker(config: dict[str, Any], final: loop.FinalEvaluation | None = No
     ctx = RayContext(batch_size=config["batch_size_per_worker"], seed=cfg.seed, runtime=runtime)
     nodes = ctx.node_ids()
     loop.run(cfg, ctx, final=final, extra_final={"node_ids": ",".join(nodes)})
+
+
+class CheckpointStore:
+    """A trial's checkpoints under one folder or URI of the study's storage (``s3://``,
+    ``gs://`` through ``pyarrow.fs``), kept as ``checkpoint_NNNNNN``: written whole, then renamed,
+    and only the latest kept — what Ray Train's run storage does for a worker group."""
+
+    def __init__(self, uri: str) -> None:
+        import pyarrow.fs as pafs
+
+        if "://" in uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(uri).resolve())
+        self.fs.create_dir(self.root, recursive=True)
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    def _names(self) -> list[str]:
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        return sorted(
+            i.base_name
+            for i in infos
+            if i.type == pafs.FileType.Directory
+            and i.base_name.startswith("checkpoint_")
+            and not i.base_name.endswith(".tmp")
+        )
+
+    def save(self, folder: str) -> None:
+        import pyarrow.fs as pafs
+
+        names = self._names()
+        number = int(names[-1].split("_")[1]) + 1 if names else 1
+        final = f"{self.root}/checkpoint_{number:06d}"
+        tmp = final + ".tmp"
+        self.fs.create_dir(tmp, recursive=True)
+        pafs.copy_files(
+            folder, tmp, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
+        )
+        self.fs.move(tmp, final)
+        for old in names:
+            self.fs.delete_dir(f"{self.root}/{old}")
+
+    def latest(self) -> str | None:
+        """A local folder holding the latest checkpoint, or ``None``."""
+        import pyarrow.fs as pafs
+
+        names = self._names()
+        if not names:
+            return None
+        source = f"{self.root}/{names[-1]}"
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return source
+        self._scratch = tempfile.TemporaryDirectory(prefix="bioscale-ckpt-")
+        pafs.LocalFileSystem().create_dir(self._scratch.name, recursive=True)
+        pafs.copy_files(
+            source,
+            self._scratch.name,
+            source_filesystem=self.fs,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
+        return self._scratch.name
+
+
+class DirectContext(RayContext):
+    """The loop's context run straight in the Tune trial's own process: a one-worker trial
+    without a Ray Train worker group, whose controller and worker actors cost a trial several
+    seconds whatever its size. Datasets are read whole (nothing to shard), reports go to Tune,
+    and checkpoints to a ``CheckpointStore`` in the study's storage, so a study interrupted
+    mid-trial resumes it from its last checkpoint as a Ray Train trial would."""
+
+    def __init__(
+        self,
+        *,
+        datasets: dict[str, Any],
+        batch_size: int,
+        seed: int,
+        runtime: WorkerRuntime | None = None,
+        checkpoints: CheckpointStore,
+    ) -> None:
+        import ray
+
+        self.rank = 0
+        self.world_size = 1
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+        self.device = (
+            torch.device("cuda", 0) if gpus and torch.cuda.is_available() else torch.device("cpu")
+        )
+        self._datasets = datasets
+        self._batch_size = batch_size
+        self._seed = seed
+        self._runtime = runtime or WorkerRuntime()
+        self._cache: dict[str, list[dict[str, torch.Tensor]]] = {}
+        self._epochs = EpochCache(self._runtime.feed.cache_mib * 2**20)
+        self._checkpoints = checkpoints
+
+    def train_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        kwargs = train_batch_kwargs(
+            self._runtime.feed,
+            device=self.device,
+            batch_size=self._batch_size,
+            seed=self._seed,
+            epoch=epoch,
+        )
+        self._epochs.settle(self.all_reduce_max)
+        if self._epochs.ready:
+            return self._epochs.epoch(
+                seed=self._seed,
+                epoch=epoch,
+                batch_size=self._batch_size,
+                device=self.device,
+                pin=bool(kwargs["pin_memory"]),
+            )
+        return self._epochs.record(self._datasets["train"].iter_torch_batches(**kwargs))
+
+    def eval_batches(self, name: str) -> Iterator[dict[str, torch.Tensor]]:
+        if name not in self._cache:
+            self._cache[name] = list(
+                self._datasets[name].iter_torch_batches(
+                    batch_size=max(self._batch_size, 512), device=self.device
+                )
+            )
+        return iter(self._cache[name])
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def node_ids(self) -> list[str]:
+        import ray
+
+        return [ray.get_runtime_context().get_node_id()]
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        import ray.tune
+
+        if checkpoint_dir is not None:  # persisted before the driver hears of it
+            self._checkpoints.save(checkpoint_dir)
+        ray.tune.report(metrics)
+
+    def latest_checkpoint(self) -> str | None:
+        return self._checkpoints.latest()
+
+
+def direct_trial(
+    config: dict[str, Any],
+    datasets: dict[str, Any],
+    checkpoints: str,
+    final: loop.FinalEvaluation | None = None,
+) -> None:
+    """``train_worker`` in the calling Tune trial's process (one worker; ``DirectContext``):
+    ``checkpoints`` is the trial's folder or URI in the study's storage."""
+    cfg = from_mapping(LoopConfig, config["loop"], "loop")
+    runtime = from_mapping(WorkerRuntime, config.get("runtime"), "runtime")
+    ctx = DirectContext(
+        datasets=datasets,
+        batch_size=config["batch_size_per_worker"],
+        seed=cfg.seed,
+        runtime=runtime,
+        checkpoints=CheckpointStore(checkpoints),
+    )
+    loop.run(cfg, ctx, final=final, extra_final={"node_ids": ",".join(ctx.node_ids())})

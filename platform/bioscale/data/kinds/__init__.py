@@ -132,7 +132,7 @@ class DataKind:
         """Raise ``ConfigError`` for ``data:`` settings this kind cannot use (called at load)."""
         from bioscale.errors import ConfigError
 
-        for setting in ("image", "maps", "non_finite"):
+        for setting in ("image", "maps", "non_finite", "preprocess"):
             if setting in self.settings:
                 continue
             if getattr(data, setting) != _default(data, setting):
@@ -164,6 +164,7 @@ class DataKind:
             "image": " (it sets how image sites become tensors)",
             "maps": " (it sets how natural images' human maps are blurred)",
             "non_finite": " (profiles only: what to do with NaN/Inf features)",
+            "preprocess": " (profiles only: how features are normalised and selected)",
         }[setting]
 
     def alignment_refusal(self, evaluation: str) -> str | None:
@@ -213,6 +214,16 @@ class DataKind:
         from bioscale.errors import ConfigError
 
         raise ConfigError(f"data.kind {self.name!r} samples are not images")
+
+    def artifacts(self, prepared: Any, folder: Path) -> list[Path]:
+        """Files that keep what :meth:`prepare` made with the study (written into ``folder``,
+        logged on the study's run); default: none."""
+        return []
+
+    def load_prepared(self, data: Any, folder: Path) -> Any:
+        """What :meth:`artifacts` kept in ``folder``, when it matches ``data`` (tools on finished
+        trials reuse it instead of preparing again); default: ``None``."""
+        return None
 
     def synthesize(self, config: Any, out: str | Path) -> Synthesized:
         """Generate a synthetic dataset of this kind (``config``: an instance of

@@ -3,6 +3,8 @@ synthetic screen), a fixed-width float32 ``features`` column (ARCHITECTURE "Mani
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 @register
 class Profiles(PlateKind):
     name = "profiles"
-    settings = frozenset({"non_finite", "synthetic"})
+    settings = frozenset({"non_finite", "synthetic", "preprocess"})
     synthetic = Synthetic(
         help="a synthetic Cell Painting profile screen (manifest + JUMP-style metadata); the "
         "same settings as a study's data.synthetic",
@@ -51,8 +53,16 @@ class Profiles(PlateKind):
 
     def identity(self, data: Any) -> dict[str, Any]:
         # samples left out are another data set; the default (refuse them) adds nothing, so
-        # keys of studies without NaN/Inf features are what they always were
-        return {"non_finite": data.non_finite} if data.non_finite != "error" else {}
+        # keys of studies without NaN/Inf features are what they always were; likewise the
+        # preprocessing, only when set
+        from dataclasses import asdict
+
+        out: dict[str, Any] = {}
+        if data.non_finite != "error":
+            out["non_finite"] = data.non_finite
+        if data.preprocess.enabled:
+            out["preprocess"] = asdict(data.preprocess)
+        return out
 
     def check(self, data: Any, path: str | Path) -> None:
         """Profiles holding NaN/±Inf features are refused, naming the samples and features
@@ -85,7 +95,32 @@ class Profiles(PlateKind):
                 f"manifest {path} has no 'features' column; data.kind 'profiles' needs a profile "
                 "manifest (or set data.kind: cellpainting for an image manifest)"
             )
+        if data.preprocess.enabled:
+            return (self.prepare(data, path).n_out,)
         return (info.n_features,)
+
+    def prepare(self, data: Any, path: str | Path, progress: Any = None) -> Any:
+        """``data.preprocess``: the transform fitted on the training-pool wells (once per
+        process and manifest: the plan's sample shape and the trials' payload share it)."""
+        if not data.preprocess.enabled:
+            return None
+        from bioscale.data.manifest import manifest_sha
+
+        return _fitted(str(path), manifest_sha(path), data)
+
+    def artifacts(self, prepared: Any, folder: Path) -> list[Path]:
+        if prepared is None:
+            return []
+        return [prepared.save(Path(folder) / "preprocess.npz")]
+
+    def load_prepared(self, data: Any, folder: Path) -> Any:
+        from bioscale.data.preprocess import load_fitted
+
+        path = Path(folder) / "preprocess.npz"
+        if not data.preprocess.enabled or not path.exists():
+            return None
+        fitted = load_fitted(path)
+        return fitted if fitted.config == data.preprocess else None
 
     def any_sample_shape(self, data: Any) -> tuple[int, ...]:
         return (8,)
@@ -105,13 +140,53 @@ class Profiles(PlateKind):
         small evaluation sets are read straight from the rows they need: two fewer Ray Data
         executions per trial, which on a small machine cost more than the trial's training."""
         from bioscale.data.pipeline import profile_rows, read_profiles, with_labels
+        from bioscale.data.preprocess import PLATE_COLUMN, apply_batch
 
         ids = index.sample_id
+        fitted = prepared if data.preprocess.enabled else None
+        if data.preprocess.enabled and fitted is None:
+            fitted = self.prepare(data, manifest)
+
+        def small(targets):  # val and probe: preprocessed in this process, before Ray sees them
+            transform = None
+            if fitted is not None:
+                codes = fitted.plate_codes(index.plate[targets.rows])
+                transform = lambda x: fitted.apply(x, codes)  # noqa: E731
+            return profile_rows(manifest, ids[targets.rows], targets.columns, transform)
+
         profiles = read_profiles(manifest, cpus_per_task=cpus.select)
-        return {
-            "train": with_labels(
-                profiles, ids[sets.train.rows], sets.train.columns, cpus_per_task=cpus.select
-            ).materialize(),
-            "val": profile_rows(manifest, ids[sets.val.rows], sets.val.columns),
-            "probe": profile_rows(manifest, ids[sets.probe.rows], sets.probe.columns),
-        }
+        train_labels = sets.train.columns
+        if fitted is not None:  # each training row's plate travels with it to the normaliser
+            codes = fitted.plate_codes(index.plate[sets.train.rows])
+            train_labels = train_labels | {PLATE_COLUMN: codes}
+        train = with_labels(profiles, ids[sets.train.rows], train_labels, cpus_per_task=cpus.select)
+        if fitted is not None:
+            train = train.map_batches(
+                apply_batch,
+                batch_format="numpy",
+                num_cpus=cpus.select,
+                fn_kwargs={"fitted": fitted},
+            )
+        return {"train": train.materialize(), "val": small(sets.val), "probe": small(sets.probe)}
+
+
+@functools.lru_cache(maxsize=8)
+def _fitted_cached(path: str, sha: str, config: Any, splits: Any, non_finite: str):
+    from bioscale.data.kinds import read_index
+    from bioscale.data.preprocess import fit_preprocess
+
+    data = _DataView(kind="profiles", splits=splits, non_finite=non_finite)
+    return fit_preprocess(path, read_index(data, path), config)
+
+
+def _fitted(path: str, sha: str, data: Any):
+    return _fitted_cached(path, sha, data.preprocess, data.splits, data.non_finite)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DataView:
+    """What ``read_index`` reads of a study's ``data:`` (hashable, for the cache)."""
+
+    kind: str
+    splits: Any
+    non_finite: str
