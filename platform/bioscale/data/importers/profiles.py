@@ -39,6 +39,7 @@ groups (``bioscale.data.manifest.ProfileWriter``).
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import re
 from collections.abc import Callable, Iterator
@@ -73,6 +74,7 @@ CONTROL_NAMES = {"DMSO", "NEGCON"}
 UNKNOWN = "unknown"
 _NUMBER = re.compile(r"^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)$", re.IGNORECASE)
 _ROWS_PER_WRITE = 1024
+_PARQUET_WHOLE_BLOCKS = 4  # a Parquet row group up to 4 × block_mb is read whole
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,7 +154,14 @@ def find_tables(paths: tuple[str, ...]) -> list[Path]:
     return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
+@functools.lru_cache(maxsize=4096)
 def _header(path: Path) -> list[str]:
+    """A table's column names (cached: a Parquet footer of 4,700 columns costs ~40 ms to parse,
+    and the layout check and the metadata pass both need it)."""
+    return list(_read_header(path))
+
+
+def _read_header(path: Path) -> list[str]:
     if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -252,6 +261,19 @@ def feature_layout(tables: list[Path], prefixes: tuple[str, ...] | None) -> _Lay
     return _Layout(features=features, excluded=excluded)
 
 
+def _parquet_blocks(pf, columns: list[str], block_mb: float) -> Iterator[pa.RecordBatch]:
+    """``columns`` of a Parquet file, one row group at a time when a row group is small (at most
+    ``_PARQUET_WHOLE_BLOCKS × block_mb`` uncompressed: a 384-well plate of 4,700 float64 features
+    is 14 MB), else in 4,096-row batches. ``read_row_group`` costs ~0.7× ``iter_batches``' CPU on
+    wide tables."""
+    whole = _PARQUET_WHOLE_BLOCKS * block_mb * 2**20
+    for i in range(pf.num_row_groups):
+        if pf.metadata.row_group(i).total_byte_size <= whole:
+            yield from pf.read_row_group(i, columns=columns).to_batches()
+        else:
+            yield from pf.iter_batches(batch_size=4096, row_groups=[i], columns=columns)
+
+
 def _batches(
     path: Path, columns: list[str], types: dict[str, pa.DataType], block_mb: float
 ) -> Iterator[pa.RecordBatch]:
@@ -261,12 +283,16 @@ def _batches(
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=4096, columns=columns):
+        wanted = [types[name] for name in columns]
+        for batch in _parquet_blocks(pf, columns, block_mb):
+            if batch.schema.names == columns and batch.schema.types == wanted:
+                yield batch  # already in order and of the wanted types (a Parquet table's own)
+                continue
             out = []
-            for name in columns:
+            for name, to in zip(columns, wanted, strict=True):
                 col = batch.column(batch.schema.get_field_index(name))
                 try:
-                    out.append(col.cast(types[name]))
+                    out.append(col if col.type == to else col.cast(to))
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
                     raise ManifestError(
                         f"{path}: column {name} holds {col.type}, not numbers ({err})"
@@ -604,10 +630,8 @@ def import_profiles(
                 counts[g] = counts.get(g, 0) + 1
             start, pending = 0, []
             for batch in _batches(m.path, layout.features, types, cfg.block_mb):
-                x = np.empty((batch.num_rows, len(layout.features)), np.float32)
-                for j in range(batch.num_columns):
-                    x[:, j] = batch.column(j).to_numpy(zero_copy_only=False)
-                pending.append(x)
+                # (rows, F) float32, a null → NaN; one copy (a per-column loop is ~10× slower)
+                pending.append(batch.to_tensor(null_to_nan=True, row_major=True).to_numpy())
                 if sum(len(p) for p in pending) >= _ROWS_PER_WRITE:  # row groups of ~1024
                     start = _flush(writer, cols, start, pending)
             start = _flush(writer, cols, start, pending)
