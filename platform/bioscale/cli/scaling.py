@@ -1,4 +1,4 @@
-"""``bioscale fit``, ``forecast`` and ``report``: scaling laws fitted to a trial table, an MLflow
+"""``bioscale fit``, ``forecast``, ``predict`` and ``report``: scaling laws fitted to a trial table, an MLflow
 experiment or a study's finished trials."""
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ def _check_bootstrap(args: argparse.Namespace) -> None:
         )
 
 
-def _scaling_fits(args: argparse.Namespace):
+def _scaling_fits(args: argparse.Namespace, rows=None):
     from bioscale.scaling.api import fit_table
 
     _check_bootstrap(args)
     found = fit_table(
-        _scaling_rows(args),
+        _scaling_rows(args) if rows is None else rows,
         metric=args.metric,
         axes=[a.strip() for a in args.axis.split(",")],
         law=args.law,
@@ -111,12 +111,88 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
     from bioscale.scaling.api import forecast_fits
 
-    if not math.isfinite(args.target):
+    if args.target is None and not args.budget_flops:
+        raise BioscaleError(
+            "give --target VALUE (the scale at which the metric reaches it) and/or "
+            "--budget-flops C (the compute-optimal N and D at C FLOPs)"
+        )
+    if args.target is not None and not math.isfinite(args.target):
         raise BioscaleError(f"--target {args.target}: give a finite metric value to reach")
     at = _at(args.at)
+    if not args.budget_flops:
+        found = _scaling_fits(args)
+        forecasts = forecast_fits(found.fits, args.target, along=args.along, at=at)
+        _emit({"forecasts": [f.to_json() for f in forecasts], "issues": found.issues}, args.json)
+        return _unfitted(found)
+    from bioscale.scaling.allocation import allocate_fits, plot_isoflops
+    from bioscale.scaling.constrained import with_epochs_seen
+
+    for c in args.budget_flops:
+        if not (math.isfinite(c) and c > 0):
+            raise BioscaleError(f"--budget-flops {c}: give a positive number of FLOPs (e.g. 1e18)")
+    if args.unique_data is not None and not args.unique_data >= 1:
+        raise BioscaleError(
+            f"--unique-data {args.unique_data}: give the unique samples available (≥ 1)"
+        )
+    rows = with_epochs_seen(_scaling_rows(args))
+    found = _scaling_fits(args, rows)
+    payload: dict = {}
+    if args.target is not None:
+        forecasts = forecast_fits(found.fits, args.target, along=args.along, at=at)
+        payload["forecasts"] = [f.to_json() for f in forecasts]
+    allocated = allocate_fits(found.fits, rows, args.budget_flops, unique_max=args.unique_data)
+    payload |= allocated.to_json()
+    payload["issues"] = [*found.issues, *allocated.issues]
+    _emit(payload, args.json)
+    if args.isoflops_plot:
+        path = plot_isoflops(
+            found.fits,
+            rows,
+            args.budget_flops,
+            args.isoflops_plot,
+            title=f"{args.metric}: isoFLOP curves ({args.law})",
+            unique_max=args.unique_data,
+        )
+        print(f"wrote {path}")
+    return _unfitted(found)
+
+
+def _points(values: list[str] | None) -> list[dict[str, float]]:
+    """``--at D=1e6,N=1e7`` (repeatable) → one point per occurrence."""
+    points = []
+    for item in values or []:
+        points.append(_at([part for part in item.split(",") if part.strip()]))
+    return points
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``bioscale predict``: a new run's metric at given scales, with the mean curve's 95%
+    interval (ci95) and a new run's (pi95), in ARCHITECTURE's prediction JSON."""
+    from bioscale.scaling.api import load_rows, predict_fits
+
+    if bool(args.at) == bool(args.at_table):
+        raise BioscaleError(
+            "give the points to predict: --at D=1e6[,N=1e7] (repeatable) or --at-table "
+            "POINTS.csv (one row per point: the group columns and the axis columns), not both"
+        )
+    points = _points(args.at)
+    at_rows = load_rows(args.at_table) if args.at_table else None
     found = _scaling_fits(args)
-    forecasts = forecast_fits(found.fits, args.target, along=args.along, at=at)
-    _emit({"forecasts": [f.to_json() for f in forecasts], "issues": found.issues}, args.json)
+    predictions = predict_fits(found.fits, at=points, at_rows=at_rows)
+    notes = list(dict.fromkeys(p.note for p in predictions if p.note))
+    for choice in found.law_choices:
+        name = ", ".join(f"{k}={v}" for k, v in choice["group"].items()) or "the table"
+        print(f"bioscale: {name}: {choice['note']}", file=sys.stderr)
+    for note in notes:
+        print(f"bioscale: note: {note}", file=sys.stderr)
+    payload = {
+        "predictions": [p.to_json() for p in predictions],
+        "notes": notes,
+        "issues": found.issues,
+    }
+    if found.law_choices:
+        payload["law_choices"] = found.law_choices
+    _emit(payload, args.json)
     return _unfitted(found)
 
 
@@ -194,7 +270,8 @@ def scaling_options(p: argparse.ArgumentParser, *, axis_default: str | None = "D
     p.add_argument(
         "--law",
         default="power",
-        help="power | pure_power | log_linear | broken_power | chinchilla (N,D)",
+        help="power | pure_power | m4 | log_linear | broken_power | chinchilla (N,D) | auto "
+        "(per curve, the law with the best backtest on the curve's own points)",
     )
     p.add_argument(
         "--direction", choices=("lower", "higher"), default="lower", help="metric direction"
@@ -229,7 +306,7 @@ def scaling_options(p: argparse.ArgumentParser, *, axis_default: str | None = "D
 
 
 def add_commands(sub) -> None:
-    """``fit``, ``forecast``, ``report``."""
+    """``fit``, ``forecast``, ``predict``, ``report``."""
     p_fit = sub.add_parser("fit", help="fit scaling laws to a table or MLflow experiment")
     p_fit.add_argument("table", nargs="?", help="CSV or Parquet table, one row per trial")
     p_fit.add_argument("--metric", required=True, help="metric column")
@@ -241,12 +318,45 @@ def add_commands(sub) -> None:
     p_fc = sub.add_parser("forecast", help="the scale at which a fitted metric reaches a target")
     p_fc.add_argument("table", nargs="?", help="CSV or Parquet table, one row per trial")
     p_fc.add_argument("--metric", required=True, help="metric column")
-    p_fc.add_argument("--target", type=float, required=True, help="metric value to reach")
+    p_fc.add_argument("--target", type=float, default=None, help="metric value to reach")
     scaling_options(p_fc)
     p_fc.add_argument("--along", default=None, help="axis that grows (default: the last)")
     p_fc.add_argument("--at", action="append", help="other axes fixed, e.g. N=1e8")
     p_fc.add_argument("--json", default=None, help="write the forecast JSON here")
+    p_fc.add_argument(
+        "--budget-flops",
+        type=float,
+        action="append",
+        metavar="C",
+        help="repeatable: the compute-optimal N and D at C FLOPs, C = flops_per_sample(N) × D × "
+        "epochs (needs --law chinchilla --axis N,D, or --law data_constrained --axis "
+        "N,D,epochs_seen)",
+    )
+    p_fc.add_argument(
+        "--unique-data",
+        type=float,
+        default=None,
+        metavar="U",
+        help="data_constrained: the unique samples available; beyond them compute buys epochs",
+    )
+    p_fc.add_argument("--isoflops-plot", default=None, help="write a PNG of the isoFLOP curves")
     p_fc.set_defaults(func=cmd_forecast)
+    p_pr = sub.add_parser(
+        "predict", help="a new run's metric at given scales, with confidence and prediction bands"
+    )
+    p_pr.add_argument("table", nargs="?", help="CSV or Parquet table, one row per trial")
+    p_pr.add_argument("--metric", required=True, help="metric column")
+    scaling_options(p_pr)
+    p_pr.add_argument(
+        "--at", action="append", help="a point to predict, e.g. D=1e6 or N=1e7,D=1e6 (repeatable)"
+    )
+    p_pr.add_argument(
+        "--at-table",
+        default=None,
+        help="CSV/Parquet of points: the group columns and the axis columns, one row per point",
+    )
+    p_pr.add_argument("--json", default=None, help="write the prediction JSON here")
+    p_pr.set_defaults(func=cmd_predict)
     p_sr = sub.add_parser("report", help="HTML scaling report of a study or a table")
     p_sr.add_argument("study_or_table", nargs="?", help="study YAML, or CSV/Parquet table")
     p_sr.add_argument("--out", required=True, help="output folder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from bioscale.cli.common import load_spec, out_dir, ray_options
@@ -101,8 +102,110 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_target(text: str) -> tuple[str, float]:
+    metric, sep, value = text.rpartition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not sep or not metric or not math.isfinite(number):
+        raise BioscaleError(
+            f"--target {text!r}: give METRIC=VALUE, e.g. --target probe/moa/novel_compounds/top1=0.5"
+        )
+    return metric, number
+
+
+def _study_rows(spec, args: argparse.Namespace) -> list[dict]:
+    """The study's finished trials: ``--table`` (a report's trials.csv), else its MLflow runs."""
+    from bioscale.models.features import TRAINLESS_FAMILY
+    from bioscale.scaling.api import load_rows
+    from bioscale.scaling.runs import runs_table
+    from bioscale.study.tracking import open_tracker
+
+    if args.table:
+        rows = load_rows(args.table)
+    else:
+        out = out_dir(args, spec).resolve()
+        tracker = open_tracker(spec, out)
+        rows = runs_table(tracker.client, tracker.experiment(spec.name))
+        if not rows:
+            raise BioscaleError(
+                f"no finished trials of {spec.name!r} in {redact_uri(tracker.uri)}; run the "
+                "study first (or pass --table TRIALS.csv)"
+            )
+    return [r for r in rows if r.get("model_family") != TRAINLESS_FAMILY]
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    """``study suggest``: the next trials that most shrink a forecast's interval per FLOP."""
+    from bioscale.scaling.api import fit_table
+    from bioscale.scaling.suggest import grids_block, suggest
+    from bioscale.study.capacity import estimate
+    from bioscale.study.suggest import study_candidates
+
+    spec = load_spec(args.study)
+    metric, target = _parse_target(args.target)
+    rows = _study_rows(spec, args)
+    if not any(metric in r for r in rows):
+        raise BioscaleError(f"--target: no trial logged {metric!r}; check the metric's name")
+    budget = args.budget_flops
+    if args.budget_gpu_hours is not None:
+        per_flop = estimate(1.0, spec.budget, device=args.device)
+        if per_flop is None:
+            raise BioscaleError(
+                "--budget-gpu-hours needs a device: pass --device (e.g. H100) or set the study's "
+                "budget.device"
+            )
+        budget = args.budget_gpu_hours / per_flop.gpu_hours
+    fits = fit_table(
+        rows,
+        metric=metric,
+        axes=("D",),
+        law=args.law,
+        direction=args.direction,
+        group=["objective"],
+        split_by=["rung"],
+    ).fits
+    cands = study_candidates(spec, rows, fits)
+    if not cands:
+        raise BioscaleError(
+            "no candidate trials: suggest proposes new diets on a curve along D (one objective "
+            "at one rung with several diets); the study has none with flops_per_sample"
+        )
+    s = suggest(fits, target, cands, k=args.k, budget_flops=budget)
+    print(f"forecast: the D (samples) at which {metric} reaches {target:g}")
+    for fit, ci, noise in zip(fits, s.ci95, s.noise, strict=True):
+        if ci is not None:
+            where = ", ".join(f"{k}={v}" for k, v in fit.group.items())
+            print(
+                f"  {where}: now 95% CI [{ci[0]:.4g}, {ci[1]:.4g}]; seed noise {noise[0]:.3g} ({noise[1]})"
+            )
+    for why in s.skipped:
+        print(f"  skipped {why}")
+    print(f"total interval width now: {s.width:.3f} decades")
+    for n, p in enumerate(s.picks, 1):
+        t = p.candidate.trial
+        print(
+            f"{n}. rung {t['rung']}, objective {t['objective']}, diet {t['diet']} "
+            f"(D ≈ {p.candidate.at['D']:.4g}, {p.candidate.flops:.3g} FLOPs): expected 95% CI "
+            f"[{p.ci95[0]:.4g}, {p.ci95[1]:.4g}], total width {p.width:.3f} decades, "
+            f"{p.flops_total:.3g} FLOPs so far"
+        )
+    if not s.picks:
+        print("no candidate shrinks the interval within the budget")
+        return 0
+    out = Path(args.write) if args.write else out_dir(args, spec) / "suggest" / "grids.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        "# bioscale study suggest: append these entries to the study's grids: list\n"
+        + grids_block(s.picks)
+    )
+    print(f"grids block:  {out}")
+    return 0
+
+
 def add_commands(sub) -> None:
-    """``study plan``, ``study run``, ``study resume``, ``study report``."""
+    """``study plan``, ``study run``, ``study resume``, ``study report``, ``study suggest``."""
     study = sub.add_parser("study", help="plan, run and report scaling studies").add_subparsers(
         dest="study_cmd", required=True
     )
@@ -143,3 +246,27 @@ def add_commands(sub) -> None:
     p_rep.add_argument("study", help="study YAML")
     p_rep.add_argument("--out", default=None, help="output folder (default: bioscale-out/<name>)")
     p_rep.set_defaults(func=cmd_report)
+    p_sug = study.add_parser(
+        "suggest", help="the next trials that most shrink a forecast's interval per FLOP"
+    )
+    p_sug.add_argument("study", help="study YAML")
+    p_sug.add_argument("--target", required=True, help="METRIC=VALUE: the forecast to sharpen")
+    p_sug.add_argument("--k", type=int, default=4, help="at most this many trials (default 4)")
+    budget = p_sug.add_mutually_exclusive_group()
+    budget.add_argument("--budget-flops", type=float, default=None, help="FLOPs the picks may use")
+    budget.add_argument(
+        "--budget-gpu-hours", type=float, default=None, help="GPU-hours the picks may use"
+    )
+    p_sug.add_argument("--device", default=None, help="device of --budget-gpu-hours (e.g. H100)")
+    p_sug.add_argument("--law", default="power", help="scaling law of the curves (default power)")
+    p_sug.add_argument(
+        "--direction", choices=["higher", "lower"], default="higher", help="is higher better?"
+    )
+    p_sug.add_argument(
+        "--table", default=None, help="trials CSV (default: the study's MLflow runs)"
+    )
+    p_sug.add_argument("--out", default=None, help="output folder (default: bioscale-out/<name>)")
+    p_sug.add_argument(
+        "--write", default=None, help="grids block path (default <out>/suggest/grids.yaml)"
+    )
+    p_sug.set_defaults(func=cmd_suggest)

@@ -14,19 +14,25 @@ from bioscale.errors import BioscaleError
 from bioscale.scaling.compare import compare_by
 from bioscale.scaling.fit import N_BOOT, FitResult, check_law_axes, fit_law
 from bioscale.scaling.forecast import Forecast, forecast
+from bioscale.scaling.predict import Prediction
 from bioscale.scaling.table import curves, load_experiment, load_table
 from bioscale.scaling.trust import PLATEAU_K, with_trust
 
 
 @dataclass(frozen=True, kw_only=True)
 class FitSet:
-    """Fits of one table and what was wrong with its rows."""
+    """Fits of one table and what was wrong with its rows; with ``law="auto"``, per curve the law
+    chosen and every candidate's backtest score (``selection.choose_law``)."""
 
     fits: list[FitResult]
     issues: list[str] = field(default_factory=list)
+    law_choices: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"fits": [f.to_json() for f in self.fits], "issues": self.issues}
+        out: dict[str, Any] = {"fits": [f.to_json() for f in self.fits], "issues": self.issues}
+        if self.law_choices:
+            out["law_choices"] = self.law_choices
+        return out
 
 
 def load_rows(
@@ -67,7 +73,9 @@ def fit_table(
         rows: the tidy table (one row per trial).
         metric: the metric column.
         axes: the fit's axes, e.g. ``["D"]`` or ``["N", "D"]`` for ``chinchilla``.
-        law: a ``LAWS`` name.
+        law: a ``LAWS`` name, or ``auto``: per curve, the law with the best backtest on the
+            curve's own points (``selection.choose_law``), named in ``FitSet.law_choices`` and
+            in each fit's note.
         direction: ``lower`` (losses, errors) or ``higher`` (accuracies, fitted through 1 − y).
         group: columns that get one curve per value (``["objective"]``); none: one group ``{}``.
         split_by: columns that further split curves; default the other primary axes.
@@ -80,7 +88,16 @@ def fit_table(
         holdout: largest scales held out by the backtest.
         plateau_k: scales without improvement that flag a plateau.
     """
-    check_law_axes(law, list(axes))
+    from bioscale.scaling.selection import AUTO, AUTO_LAWS, choose_law
+
+    if law == AUTO:
+        if len(axes) not in AUTO_LAWS:
+            raise BioscaleError(
+                f"--law auto has no candidate laws for {len(axes)} axes ({','.join(axes)}): "
+                "give one axis (e.g. --axis D) or N,D"
+            )
+    else:
+        check_law_axes(law, list(axes))
     found = curves(
         rows,
         metric=metric,
@@ -92,12 +109,19 @@ def fit_table(
         frontier_select=frontier_select,
     )
     chosen = found.selection.describe(metric) if found.selection else ""
-    fits = []
+    fits, choices = [], []
     for curve in found.curves:
+        curve_law = law
+        if law == AUTO:
+            choice = choose_law(
+                curve.x, curve.y, direction=direction, axis=list(axes), group=curve.group
+            )
+            choices.append(choice)
+            curve_law = choice["law"]
         fit = fit_law(
             curve.x,
             curve.y,
-            law=law,
+            law=curve_law,
             direction=direction,
             metric=metric,
             axis=list(axes),
@@ -106,10 +130,71 @@ def fit_table(
             n_boot=n_boot,
             bootstrap_scheme=bootstrap_scheme,
         )
-        if chosen:
-            fit = replace(fit, note=f"{fit.note}; {chosen}" if fit.note else chosen)
+        for extra in (chosen, choices[-1]["note"] if law == AUTO else ""):
+            if extra:
+                fit = replace(fit, note=f"{fit.note}; {extra}" if fit.note else extra)
         fits.append(with_trust(fit, holdout=holdout, plateau_k=plateau_k, n_boot=n_boot))
-    return FitSet(fits=fits, issues=found.issues)
+    return FitSet(fits=fits, issues=found.issues, law_choices=choices)
+
+
+def predict_fits(
+    fits: Sequence[FitResult],
+    *,
+    at: Sequence[dict[str, float]] = (),
+    at_rows: Sequence[dict[str, Any]] | None = None,
+    seed: int = 0,
+) -> list[Prediction]:
+    """Predictions with ``ci95`` (mean curve) and ``pi95`` (a new run) (``predict.predict``).
+
+    Args:
+        fits: fitted curves (``fit_table``).
+        at: points ``{axis: value}`` predicted for every fit.
+        at_rows: instead, one prediction per row: each row names the fit's group columns and its
+            axes (``--at-table``); a row is predicted by the fit whose group it matches.
+        seed: the random seed of the new-run draws.
+
+    Raises:
+        BioscaleError: a row lacks a group column or an axis, or matches no fitted group.
+    """
+    from bioscale.scaling.predict import predict
+
+    if at_rows is None:
+        return [p for fit in fits for p in predict(fit, list(at), seed=seed)]
+    out: list[Prediction] = []
+    for i, row in enumerate(at_rows, start=1):
+        fit = _fit_for_row(fits, row, i)
+        out.extend(predict(fit, [_point(row, fit.axis, i)], seed=seed))
+    return out
+
+
+def _fit_for_row(fits: Sequence[FitResult], row: dict[str, Any], i: int) -> FitResult:
+    columns = sorted({k for f in fits for k in f.group})
+    missing = [c for c in columns if c not in row or row[c] is None]
+    if missing:
+        raise BioscaleError(
+            f"prediction table row {i}: no value for group column(s) {', '.join(missing)}; the "
+            f"fits are grouped by {', '.join(columns)}: add those columns"
+        )
+    for fit in fits:
+        if all(str(row[k]) == str(v) for k, v in fit.group.items()):
+            return fit
+    known = "; ".join(", ".join(f"{k}={v}" for k, v in f.group.items()) for f in fits)
+    asked = ", ".join(f"{c}={row[c]}" for c in columns)
+    raise BioscaleError(f"prediction table row {i}: no fitted curve for {asked} (fitted: {known})")
+
+
+def _point(row: dict[str, Any], axes: Sequence[str], i: int) -> dict[str, float]:
+    out = {}
+    for a in axes:
+        v = row.get(a)
+        try:
+            out[a] = float(v)
+        except (TypeError, ValueError):
+            raise BioscaleError(
+                f"prediction table row {i}: axis column {a!r} must hold a number, got {v!r}; "
+                f"the table needs one column per axis ({', '.join(axes)})"
+            ) from None
+    return out
 
 
 def forecast_fits(
@@ -171,6 +256,8 @@ class Report:
     comparisons: list[dict[str, Any]]
     issues: list[str]
     law_checks: list[dict[str, Any]] = field(default_factory=list)
+    predictions: list[Prediction] = field(default_factory=list)
+    law_choices: list[dict[str, Any]] = field(default_factory=list)
 
 
 def report_table(
@@ -194,7 +281,10 @@ def report_table(
 ) -> Report:
     """Fit every curve family, forecast, compare objectives, check per one-axis curve whether
     ``log_linear`` fits as well as ``power`` (``selection.law_check``; in fits.json as
-    ``law_checks``), plot, and write report.html, fits.json and forecasts.json into ``out_dir``.
+    ``law_checks``), predict a new run at 2× and 10× each curve's largest scale
+    (``predict_fits``; predictions.json), plot, and write report.html, fits.json and
+    forecasts.json into ``out_dir``. With ``law="auto"`` the law chosen per curve is in
+    fits.json (``law_choices``) and the report.
 
     Args:
         targets: metric values to forecast for every curve; default, per curve, the value that
@@ -220,6 +310,8 @@ def report_table(
     plots: list[Path] = []
     forecasts: list[Forecast] = []
     law_checks: list[dict[str, Any]] = []
+    predictions: list[Prediction] = []
+    law_choices: list[dict[str, Any]] = []
     for spec in specs:
         found = fit_table(
             rows,
@@ -232,6 +324,7 @@ def report_table(
             n_boot=n_boot,
         )
         issues.extend(i for i in found.issues if i not in issues)
+        law_choices.extend(found.law_choices)
         kept = [f for f in found.fits if f.n_scales >= 2]
         for f in found.fits:
             if f.n_scales < 2:
@@ -251,6 +344,11 @@ def report_table(
                 except BioscaleError as err:  # e.g. a target this curve already meets
                     issues.append(f"no forecast: {err}")
         forecasts.extend(spec_fc)
+        for fit in kept:
+            try:
+                predictions.extend(predict_fits([fit], at=_beyond(fit)))
+            except BioscaleError as err:  # e.g. no residual degrees of freedom
+                issues.append(f"no prediction: {err}")
         if kept:
             name = "_".join(spec.axes)
             plots.append(
@@ -273,10 +371,15 @@ def report_table(
     align_accuracy = accuracy_column(rows, metric)
     if trial_columns is not None and aligned:
         trial_columns = [*trial_columns, *(c for c in aligned if c not in trial_columns)]
-    fits_json = write_json(
-        {"fits": [f.to_json() for f in fits], "issues": issues, "law_checks": law_checks},
-        out_dir / "fits.json",
-    )
+    fits_payload: dict[str, Any] = {
+        "fits": [f.to_json() for f in fits],
+        "issues": issues,
+        "law_checks": law_checks,
+    }
+    if law_choices:
+        fits_payload["law_choices"] = law_choices
+    fits_json = write_json(fits_payload, out_dir / "fits.json")
+    write_json({"predictions": [p.to_json() for p in predictions]}, out_dir / "predictions.json")
     forecasts_json = write_json(
         {"forecasts": [f.to_json() for f in forecasts], "comparisons": comparisons},
         out_dir / "forecasts.json",
@@ -301,6 +404,8 @@ def report_table(
         alignment_accuracy=align_accuracy,
         vis_panels=vis_panels,
         law_checks=law_checks,
+        predictions=predictions,
+        law_choices=law_choices,
     )
     return Report(
         report=report,
@@ -312,4 +417,20 @@ def report_table(
         comparisons=comparisons,
         issues=issues,
         law_checks=law_checks,
+        predictions=predictions,
+        law_choices=law_choices,
     )
+
+
+#: the report predicts a new run at these multiples of a curve's largest observed scale
+REPORT_PREDICT_AT = (2.0, 10.0)
+
+
+def _beyond(fit: FitResult) -> list[dict[str, float]]:
+    """Points at ``REPORT_PREDICT_AT`` × the fit's largest last-axis scale, the other axes at
+    their largest; none for a fit without parameters."""
+    if fit.params is None or not fit.points:
+        return []
+    top = {a: float(fit.x[:, i].max()) for i, a in enumerate(fit.axis)}
+    last = fit.axis[-1]
+    return [{**top, last: top[last] * m} for m in REPORT_PREDICT_AT]

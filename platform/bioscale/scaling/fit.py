@@ -243,6 +243,12 @@ def fit_law(
         one more than that, ``ci95`` values are None; ``note`` says why, and which points were
         dropped.
     """
+    from bioscale.scaling import constrained
+
+    if law == constrained.LAW_NAME:  # R* needs trials that differ in epochs
+        xs = np.asarray(x, dtype=float)
+        if xs.ndim == 2 and xs.shape[1] == 3 and len(xs):
+            constrained.check_epochs_vary(xs, group or {})
     # tiny BLAS calls inside L-BFGS-B are ~10× slower with a multi-threaded OpenBLAS
     with threadpool_limits(limits=1, user_api="blas"):
         return _fit_law(

@@ -373,6 +373,135 @@ LAWS.register(
     ),
 )
 
+# m4 (Alabdulmohsin, Neyshabur & Zhai 2022, "Revisiting Neural Scaling Laws", estimator M4):
+# (err − E)/(e0 − err)^α = β·x^(−c), with e0 = E + b the random-guess error; it bends at both ends
+# (err → e0 at small x, err − E ∝ x^(−c) at large x). Predictions solve the implicit equation:
+# with w = err − E = b·s, s = σ(t) ∈ (0, 1), it reads q(t) = log s − α·log(1 − s)
+# = log β − c·log x − (1 − α)·log b, q increasing in t; θ = (log E, log b, log β, c, α) -------
+
+#: Newton iterations of the implicit M4 solve at most; each point stops once its step is below
+#: ``M4_TOL`` (q is monotone and convex or concave in t, so from the asymptotic start Newton
+#: converges, in under 10 iterations on the curves tried)
+M4_NEWTON = 50
+M4_TOL = 1e-11
+#: the logit t = log(s/(1 − s)) stays in this range (s down to ~e^−700, the smallest float)
+M4_T_BOUND = 700.0
+
+
+def _softplus(u: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, u)
+
+
+def _m4_t(lb: np.ndarray, lbeta: np.ndarray, c: np.ndarray, alpha: np.ndarray, L: np.ndarray):
+    """The logit t (..., n) of s = w/b, solving q(t) = −softplus(−t) + α·softplus(t) = r.
+
+    With α = 0 and r ≥ 0 there is no root (err would reach e0): t is then the upper bound."""
+    r = lbeta - c * L - (1.0 - alpha) * lb
+    r, alpha = np.broadcast_arrays(r, alpha)
+    shape = r.shape
+    r, alpha = r.ravel(), alpha.ravel()
+    # asymptotes: s ≈ e^r for r ≪ 0 (t ≈ r); α·t ≈ r for r ≫ 0
+    with np.errstate(divide="ignore"):
+        t = np.where(r < 0, r, r / np.maximum(alpha, 1e-300))
+    t = np.clip(t, -M4_T_BOUND, M4_T_BOUND)
+    active = np.flatnonzero(~((alpha <= 0) & (r >= 0)))
+    t[(alpha <= 0) & (r >= 0)] = M4_T_BOUND
+    for _ in range(M4_NEWTON):
+        if not len(active):
+            break
+        ta, aa = t[active], alpha[active]
+        # one exp and one log1p: softplus(±t) = max(±t, 0) + log1p(e^−|t|), σ(±t) from e^−|t|
+        e = np.exp(-np.abs(ta))
+        l1p = np.log1p(e)
+        pos = ta >= 0
+        sp_t = np.where(pos, ta, 0.0) + l1p
+        sp_neg = np.where(pos, 0.0, -ta) + l1p
+        sig_t = np.where(pos, 1.0, e) / (1.0 + e)
+        q = -sp_neg + aa * sp_t - r[active]
+        dq = (1.0 - sig_t) + aa * sig_t
+        step = np.clip(q / np.maximum(dq, 1e-300), -50.0, 50.0)
+        t[active] = np.clip(ta - step, -M4_T_BOUND, M4_T_BOUND)
+        active = active[np.abs(step) >= M4_TOL]
+    return t.reshape(shape)
+
+
+def _m4_log_predict(theta: np.ndarray, logX: np.ndarray) -> np.ndarray:
+    le, lb, lbeta, c, alpha = _cols(theta)
+    L = logX[0]
+    t = _m4_t(lb, lbeta, c, alpha, L)
+    return np.logaddexp(le + 0.0 * L, lb - _softplus(-t))  # log(E + b·σ(t))
+
+
+def _m4_jac(theta: np.ndarray, logX: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Implicit differentiation of H(t, θ) = −softplus(−t) + α·softplus(t) − r(θ) = 0."""
+    le, lb, lbeta, c, alpha = _cols(theta)
+    L = logX[0]
+    t = _m4_t(lb, lbeta, c, alpha, L)
+    lw = lb - _softplus(-t)  # log w
+    lse, wt = _lse_jac(_stack(le + 0.0 * L, lw))
+    dH_dt = expit(-t) + alpha * expit(t)
+    dlw_dt = expit(-t) / dH_dt  # ∂log w/∂t · (1 / ∂H/∂t)
+    # ∂H/∂θ: log b: (1 − α); log β: −1; c: L; α: softplus(t) − log b
+    d_lb = 1.0 - dlw_dt * (1.0 - alpha)
+    d_lbeta = dlw_dt
+    d_c = -dlw_dt * L
+    d_alpha = -dlw_dt * (_softplus(t) - lb)
+    w = wt[1]
+    return lse, _stack(wt[0], w * d_lb, w * d_lbeta, w * d_c, w * d_alpha, axis=-2)
+
+
+def _m4_grid(logX: np.ndarray, logy: np.ndarray) -> np.ndarray:
+    """Floors below the smallest error, e0 a little to well above the largest, and β placed so
+    the curve passes near the median point."""
+    L = logX[0]
+    mid = int(np.argsort(logy)[len(logy) // 2])
+    y_mid, L_mid, y_max = float(np.exp(logy[mid])), float(L[mid]), float(np.exp(logy.max()))
+    rows = []
+    for le, e0_scale, c, alpha in product(
+        _floor_grid(logy), (1.001, 1.05, 1.5, 3.0), (0.05, 0.2, 0.5, 1.0), (0.0, 0.5, 1.0, 2.0)
+    ):
+        E = float(np.exp(le))
+        b = e0_scale * y_max - E
+        w = y_mid - E
+        if b <= 0 or w <= 0 or w >= b:
+            continue
+        lbeta = np.log(w) - alpha * np.log(b - w) + c * L_mid
+        rows.append((le, np.log(b), lbeta, c, alpha))
+    return np.array(rows, dtype=float)
+
+
+def _m4_describe(
+    params: dict[str, float], ci95: dict[str, list[float | None] | None], axis: str
+) -> str:
+    ci = ci95.get("c")
+    per = f" (95% CI {_fmt_ci(ci)})" if ci else ""
+    e0 = params["E"] + params["b"]
+    return (
+        f"error falls from near e0 = {e0:.3g} toward a floor E = {params['E']:.3g}, as "
+        f"{axis}^−{params['c']:.3g}{per} at the largest scales (M4, bend α = {params['alpha']:.3g})"
+    )
+
+
+LAWS.register(
+    "m4",
+    Law(
+        name="m4",
+        formula="(err − E)/(e0 − err)^α = β·x^(−c), e0 = E + b",
+        axes=1,
+        param_names=("E", "b", "beta", "c", "alpha"),
+        log_params=frozenset({"E", "b", "beta"}),
+        log_predict=_m4_log_predict,
+        jac=_m4_jac,
+        init_grid=_m4_grid,
+        bounds=lambda logX: [LOG_BOUND, LOG_BOUND, LOG_BOUND, EXPONENT_BOUND, EXPONENT_BOUND],
+        floor_name="E",
+        log_floor=lambda theta, along, logx: np.asarray(theta)[..., 0],
+        exponent_names=(("c",),),
+        exponent_symbols=("c",),
+        describe=_m4_describe,
+    ),
+)
+
 # log_linear: err = a + b·log10 x, the straight line in log x that Pheno-CA (arXiv 2309.16773)
 # compared its power laws against; θ = (a, b), linear in θ, so no iterative optimiser ----------
 
@@ -480,3 +609,5 @@ LAWS.register(
         describe=_loglin_describe,
     ),
 )
+
+from bioscale.scaling import constrained as _constrained  # noqa: E402, F401  (data_constrained)

@@ -1,6 +1,7 @@
-"""Scaling plots: measured points, fitted curves with their 95% bootstrap band, extrapolation
-dashed, forecasts marked; one colour per group; log-log axes of the error (1 − metric for
-higher-is-better metrics)."""
+"""Scaling plots: measured points, fitted curves with their 95% bootstrap band (the mean curve's
+confidence band, shaded) beside the 95% prediction band of a new run (dotted; ``predict.bands``),
+extrapolation dashed, forecasts marked; one colour per group; log-log axes of the error
+(1 − metric for higher-is-better metrics)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def _label(fit: FitResult) -> str:
     return f"{label}: {text}{flag}"
 
 
+def _prediction_band(fit: FitResult, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A new run's 95% band at ``x`` (``predict.bands``), or None where it cannot be estimated."""
+    from bioscale.errors import BioscaleError
+    from bioscale.scaling.predict import bands
+
+    try:
+        return bands(fit, x)[2]
+    except BioscaleError:
+        return None
+
+
 def _err(fit: FitResult, y: np.ndarray) -> np.ndarray:
     return 1.0 - y if fit.direction == "higher" else y
 
@@ -56,15 +68,27 @@ def plot_fits(
     fig, ax = plt.subplots(figsize=(6.8, 4.6), dpi=120)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     i = 0
+    shown_pi = False
     for fit in fits:
         x_all, y_all = fit.x, fit.y
-        slices = [None] if len(fit.axis) == 1 else sorted(set(x_all[:, 0]))
+        k = len(fit.axis)
+        # along D where the law has it (else its last axis); one curve per value of the others
+        along = fit.axis.index("D") if "D" in fit.axis else k - 1
+        others = [j for j in range(k) if j != along]
+        slices = [None] if k == 1 else sorted({tuple(row[others]) for row in x_all})
         for sl in slices:
             colour = colours[i % len(colours)]
             i += 1
-            mask = np.ones(len(y_all), bool) if sl is None else x_all[:, 0] == sl
-            x, y = x_all[mask, -1], y_all[mask]
-            label = _label(fit) + ("" if sl is None else f" @ {fit.axis[0]}={sl:.3g}")
+            mask = np.ones(len(y_all), bool)
+            if sl is not None:
+                mask = np.all(x_all[:, others] == np.asarray(sl), axis=1)
+            x, y = x_all[mask, along], y_all[mask]
+            label = _label(fit) + (
+                ""
+                if sl is None
+                else " @ "
+                + ", ".join(f"{fit.axis[j]}={v:.3g}" for j, v in zip(others, sl, strict=True))
+            )
             ax.scatter(x, _err(fit, y), color=colour, s=14, zorder=3)
             if fit.params is None or len(x) == 0:
                 ax.plot([], [], color=colour, label=label)
@@ -73,21 +97,31 @@ def plot_fits(
             xs_out = np.geomspace(x.max(), x.max() * extrapolate, 40)
             pts_in, pts_out = xs_in, xs_out
             if sl is not None:
-                pts_in = np.column_stack([np.full_like(xs_in, sl), xs_in])
-                pts_out = np.column_stack([np.full_like(xs_out, sl), xs_out])
+                pts_in, pts_out = (
+                    _points(k, along, others, sl, xs_in),
+                    _points(k, along, others, sl, xs_out),
+                )
             ax.plot(xs_in, _err(fit, fit.predict(pts_in)), color=colour, label=label)
             flagged = fit.plateau and (fit.plateau["plateau"] or fit.plateau["non_monotonic"])
             if not flagged:
                 ax.plot(xs_out, _err(fit, fit.predict(pts_out)), color=colour, ls="--", lw=1)
             band = fit.band(np.concatenate([pts_in, pts_out]))
+            xs = np.concatenate([xs_in, xs_out])
             if band is not None:
-                xs = np.concatenate([xs_in, xs_out])
                 lo, hi = sorted((_err(fit, band[0]), _err(fit, band[1])), key=np.sum)
                 ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, lw=0)
+            pi = _prediction_band(fit, np.concatenate([pts_in, pts_out]))
+            if pi is not None:
+                for edge in (_err(fit, pi[0]), _err(fit, pi[1])):
+                    ax.plot(xs, edge, color=colour, ls=":", lw=0.9)
+                shown_pi = True
     for fc in forecasts:
         if fc.value is not None and fc.status in ("reachable", "beyond_range"):
             t_err = 1.0 - fc.target if fits and fits[0].direction == "higher" else fc.target
             ax.plot([fc.value], [t_err], marker="*", color="k", ms=9, zorder=4)
+    if shown_pi:
+        ax.plot([], [], color="grey", ls=":", lw=0.9, label="95% prediction band (a new run)")
+        ax.fill_between([], [], [], color="grey", alpha=0.15, lw=0, label="95% band of the curve")
     axis = fits[0].axis[-1] if fits else ""
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -180,3 +214,12 @@ def plot_layer_search(
     fig.savefig(path)
     plt.close(fig)
     return [path]
+
+
+def _points(k: int, along: int, others: list[int], values, xs: np.ndarray) -> np.ndarray:
+    """(len(xs), k) points: ``xs`` on axis ``along``, the slice's ``values`` on the others."""
+    pts = np.empty((len(xs), k))
+    pts[:, along] = xs
+    for j, v in zip(others, values, strict=True):
+        pts[:, j] = v
+    return pts

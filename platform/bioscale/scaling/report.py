@@ -1,6 +1,7 @@
 """The scaling report: one self-contained HTML page a scientist can read — curves with interval
 bands and dashed extrapolation, exponents with intervals, backtest errors, forecasts, objective
-comparisons and one plain sentence per curve."""
+comparisons, predictions of a new run (its 95% prediction interval beside the mean curve's 95%
+confidence interval), the law ``--law auto`` chose per curve, and one plain sentence per curve."""
 
 from __future__ import annotations
 
@@ -183,6 +184,115 @@ def law_check_section(checks: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def compute_optimal_section(
+    fits: Sequence[FitResult],
+    rows: Sequence[dict[str, Any]],
+    out_dir: Path,
+    budgets: Sequence[float] | None = None,
+) -> tuple[str, list[Path]]:
+    """The report's compute-optimal section for joint (N×D) fits, with the isoFLOP plot it
+    writes into ``out_dir``; empty without joint fits. Budgets default to 1, 10 and 100× the
+    largest trial's compute (``allocation.DEFAULT_BUDGET_MULTIPLES``)."""
+    joint = [f for f in fits if f.params is not None and len(f.axis) >= 2]
+    if not joint:
+        return "", []
+    from bioscale.errors import BioscaleError
+    from bioscale.scaling.allocation import (
+        allocate_fits,
+        default_budgets,
+        describe_crossing,
+        plot_isoflops,
+    )
+
+    head = "<h2>Compute-optimal allocation</h2>"
+    try:
+        budgets = list(budgets) if budgets else default_budgets(rows, joint)
+        found = allocate_fits(joint, rows, budgets)
+        plot = plot_isoflops(
+            joint, rows, budgets, out_dir / "isoflops.png", title="isoFLOP curves (star: optimum)"
+        )
+    except BioscaleError as err:
+        return f"{head}<p class=note>not computed: {html.escape(str(err))}</p>", []
+    models = {
+        ", ".join(map(str, a.group.values())) or "all trials": a.flops for a in found.allocations
+    }
+    compute = "; ".join(
+        f"{name}: flops_per_sample = {m.k:.3g}·N^{m.p:.3g} ({m.note})" for name, m in models.items()
+    )
+    items = "".join(f"<li>{html.escape(a.sentence())}</li>" for a in found.allocations)
+    cross = "".join(f"<li>{html.escape(describe_crossing(c))}</li>" for c in found.crossings)
+    repeat = "".join(f"<li>{html.escape(r.sentence())}</li>" for r in found.repeat_vs_new)
+    return (
+        f"{head}<p class=note>At each budget C the (N, D) that minimises the fitted joint law "
+        "along the isoFLOP curve C = flops_per_sample(N) × D × epochs, with D the unique "
+        "training samples and epochs the passes over them (fixed at the group's median for "
+        "chinchilla, chosen for data_constrained); flops_per_sample is the rungs' measured "
+        f"FLOPs per sample fitted as k·N^p ({html.escape(compute)}). Intervals: 95% over the "
+        f"bootstrap refits.</p><ul>{items}</ul>"
+        + (f"<h3>Where objectives' optima cross</h3><ul>{cross}</ul>" if cross else "")
+        + (f"<h3>More epochs or more unique data?</h3><ul>{repeat}</ul>" if repeat else "")
+        + f'<img src="{html.escape(plot.name)}" alt="isoFLOP curves">',
+        [plot],
+    )
+
+
+def law_choice_section(choices: Sequence[dict[str, Any]]) -> str:
+    """The report's "law chosen per curve" section (``--law auto``); empty without choices."""
+    if not choices:
+        return ""
+    from bioscale.scaling.selection import describe_choice
+
+    laws = list(dict.fromkeys(k for c in choices for k in c["candidates"]))
+    rows = [
+        {
+            "group": ", ".join(f"{k}={v}" for k, v in c["group"].items()) or "all",
+            "chosen": c["law"],
+            **{
+                f"backtest |error| {k}": "—"
+                if c["candidates"].get(k) is None
+                else f"{c['candidates'][k]:.3g}"
+                for k in laws
+            },
+        }
+        for c in choices
+    ]
+    items = "".join(f"<li>{html.escape(describe_choice(c))}</li>" for c in choices)
+    return (
+        "<h2>Law chosen per curve (law auto)</h2><p class=note>Per curve, each candidate law is "
+        f"backtested on the curve's own points only ({html.escape(choices[0]['criterion'])}); "
+        f"the law with the smallest error is fitted.</p><ul>{items}</ul>"
+        f"{_table(rows, list(rows[0]))}"
+    )
+
+
+def prediction_section(predictions: Sequence[Any]) -> str:
+    """The report's predictions table: value, the mean curve's ci95 beside a new run's pi95."""
+    if not predictions:
+        return ""
+    rows = [
+        {
+            "group": ", ".join(f"{k}={v}" for k, v in p.group.items()) or "all",
+            "law": p.law,
+            "at": ", ".join(f"{k}={v:,.4g}" for k, v in p.at.items()),
+            "predicted": "—" if p.value is None else f"{p.value:.4g}",
+            "95% CI (mean curve)": _ci(p.ci95, ".4g"),
+            "95% PI (a new run)": _ci(p.pi95, ".4g"),
+            "noise from": (p.noise or {}).get("source", "—"),
+        }
+        for p in predictions
+    ]
+    notes = "".join(
+        f"<li>{html.escape(n)}</li>" for n in dict.fromkeys(p.note for p in predictions)
+    )
+    return (
+        "<h2>Predictions for a new run</h2><p class=note>At 2× and 10× each curve's largest "
+        "observed scale: the confidence interval is where the fitted mean curve lies (bootstrap "
+        "refits); the prediction interval is where one new run's value lies, the curve's "
+        "uncertainty plus seed-to-seed noise (dotted in the plots, beside the shaded confidence "
+        f"band).</p>{_table(rows, list(rows[0]))}<ul>{notes}</ul>"
+    )
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     head = "".join(f"<th class=l>{html.escape(c)}</th>" for c in columns)
     body = []
@@ -239,6 +349,9 @@ def render(
     alignment_accuracy: str | None = None,
     vis_panels: Sequence[VisPanel] = (),
     law_checks: Sequence[dict[str, Any]] = (),
+    budgets: Sequence[float] | None = None,
+    predictions: Sequence[Any] = (),
+    law_choices: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write ``out`` (report.html) next to its plots; return its path. ``layer_plots``: the layer
     search heat maps (a section of their own, only when trials searched layers).
@@ -247,7 +360,11 @@ def render(
     section only when trials logged alignment metrics), ``alignment_accuracy`` the accuracy
     column the plots use. ``vis_panels``: feature visualisations, one panel per objective (a
     section only when there are some). ``law_checks``: per curve, whether ``log_linear`` fits
-    as well as ``power`` (``scaling.selection.law_check``; a section only when there are some)."""
+    as well as ``power`` (``scaling.selection.law_check``; a section only when there are some).
+    ``predictions``: ``predict.Prediction`` of a new run, shown with both intervals;
+    ``law_choices``: the law ``--law auto`` chose per curve (``selection.choose_law``).
+    ``budgets``: FLOP budgets of the compute-optimal section (joint N×D fits only; default
+    ``allocation.DEFAULT_BUDGET_MULTIPLES`` of the largest trial's compute)."""
     trial_cols = list(trial_columns or [])
     if not trial_cols:
         trial_cols = [
@@ -318,6 +435,8 @@ def render(
             "Trends are Spearman ρ between N and the metric over the objective's trials.</p>"
             f"<ul>{trend_items}</ul>{align_images}"
         )
+    from bioscale.scaling.suggest import decision_section
+
     issue_list = "".join(f"<li>{html.escape(i)}</li>" for i in issues) or "<li>none</li>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>bioscale · {html.escape(study)}</title>
 <style>{_CSS}</style></head><body>
@@ -333,9 +452,13 @@ scale has one run); dashed lines extrapolate beyond the data; a star marks a for
 {alignment_section}
 {vis_section(vis_panels)}
 <h2>Fitted laws (95% intervals)</h2>{_table(ftable, columns)}
+{law_choice_section(law_choices)}
 {law_check_section(law_checks)}
+{prediction_section(predictions)}
 <h2>Forecasts</h2><ul>{fc_items or "<li>none</li>"}</ul>
+{compute_optimal_section(fits, rows, out.parent, budgets)[0]}
 <h2>Objective comparisons</h2>{_table(cmp_rows, list(cmp_rows[0])) if cmp_rows else "<p class=note>none: no two fitted curves differ only in objective.</p>"}
+{decision_section(fits)}
 <h2>Data issues</h2><ul>{issue_list}</ul>
 <h2>Trials ({len(rows)})</h2>{_table(rows, trial_cols)}
 {f"<p class=note>{footnote}</p>" if footnote else ""}

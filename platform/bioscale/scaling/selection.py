@@ -1,4 +1,8 @@
-"""Power law or straight line in log x? Per curve, whether ``log_linear`` (err = a + b·log10 x, the
+"""Which law for a curve. ``choose_law`` (``--law auto``) picks, per curve, the law with the best
+backtest on the curve's own points (see its docstring); ``law_check`` says whether ``log_linear``
+fits as well as ``power``.
+
+Power law or straight line in log x? Per curve, whether ``log_linear`` (err = a + b·log10 x, the
 curve Pheno-CA compared its power laws against, arXiv 2309.16773) fits as well as ``power``
 (err = E + A·x^−α), so a report says when the data cannot tell the two apart.
 
@@ -23,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from bioscale.errors import BioscaleError
 from bioscale.scaling.fit import FitResult, fit_law
-from bioscale.scaling.laws import as_log_axes
+from bioscale.scaling.laws import LAWS, as_log_axes
 from bioscale.scaling.trust import backtest
 
 POWER = "power"
@@ -149,3 +154,152 @@ def describe_law_check(check: dict[str, Any]) -> str:
             "floor; do not read the fitted floor or exponent as evidence of a power law."
         )
     return f"{head}: the power law fits better than a straight line in log10 {axis}."
+
+
+# law auto: per curve, the law with the best backtest on the curve's own points ----------------
+
+#: the laws ``auto`` chooses among, by the number of axes of the fit, simplest first
+AUTO_LAWS: dict[int, tuple[str, ...]] = {
+    1: ("pure_power", "log_linear", "power", "m4"),
+    2: ("chinchilla",),
+}
+#: a law with more parameters is chosen only if its backtest error beats every simpler
+#: candidate's by more than one standard error of their paired per-scale difference (the
+#: one-standard-error rule, Hastie et al. 2009 §7.10): a nested law, e.g. m4 ⊃ power at α = 0,
+#: otherwise wins by noise
+AUTO_SE = 1.0
+#: the backtest folds: each holds out this fraction of the curve's distinct scales (its largest,
+#: at least one), refits the rest and predicts them
+AUTO_HOLDOUTS = (0.15, 0.3)
+AUTO = "auto"
+#: the law ``auto`` falls back to where no candidate can be backtested (too few scales)
+AUTO_FALLBACK = {1: "power", 2: "chinchilla"}
+
+
+def _fold_sizes(n_scales: int, need: int) -> list[int]:
+    sizes = sorted({max(1, round(f * n_scales)) for f in AUTO_HOLDOUTS})
+    return [h for h in sizes if n_scales - h >= need]
+
+
+def own_backtest(
+    x: np.ndarray, y: np.ndarray, law: str, *, direction: str, axis: list[str]
+) -> dict[str, Any] | None:
+    """Rolling-origin backtest of ``law`` on the points (x (n, K), y (n,)) only: per fold
+    (``AUTO_HOLDOUTS``), refit without the largest scales (by ∏x, a compute proxy) and predict
+    them.
+
+    Returns:
+        ``{"score", "holdouts", "fold_errors", "scale_errors", "log_residuals"}``: the score is
+        the mean over folds of the mean |error| in the metric's terms at the held-out scales (each
+        a mean over its runs; ``scale_errors`` lists them, fold by fold); ``log_residuals`` are
+        log error − log predicted error of every held-out run.
+        None when no fold leaves the law enough scales or a refit fails.
+    """
+    spec = LAWS.get(law)
+    x = np.asarray(x, dtype=float).reshape(len(y), -1)
+    y = np.asarray(y, dtype=float)
+    size = np.prod(x, axis=1)
+    sizes = np.unique(size)
+    folds = _fold_sizes(len(sizes), spec.min_scales)
+    errors, log_resid, scale_errors = [], [], []
+    for h in folds:
+        held = size >= sizes[-h]
+        fit = fit_law(x[~held], y[~held], law=law, direction=direction, axis=axis, n_boot=0)
+        if fit.params is None:
+            return None
+        scales = np.unique(x[held], axis=0)
+        observed = np.array([y[held & np.all(x == s, axis=1)].mean() for s in scales])
+        pred = fit.predict(scales)
+        if not np.all(np.isfinite(pred)):
+            return None
+        errors.append(float(np.mean(np.abs(pred - observed))))
+        scale_errors.extend(np.abs(pred - observed).tolist())
+        err_held = 1.0 - y[held] if direction == "higher" else y[held]
+        err_pred = 1.0 - fit.predict(x[held]) if direction == "higher" else fit.predict(x[held])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_resid.extend((np.log(err_held) - np.log(err_pred)).tolist())
+    if not errors:
+        return None
+    return {
+        "score": float(np.mean(errors)),
+        "holdouts": folds,
+        "fold_errors": errors,
+        "scale_errors": scale_errors,
+        "log_residuals": log_resid,
+    }
+
+
+def choose_law(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    direction: str = "lower",
+    axis: list[str] | tuple[str, ...] = ("D",),
+    group: dict[str, Any] | None = None,
+    candidates: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """``--law auto``: the candidate law with the lowest ``own_backtest`` score on these points
+    (never on points held out from the curve), preferring the simpler: the simplest candidate
+    (fewest parameters, then ``AUTO_LAWS`` order) whose score is within one standard error of
+    the best's (``AUTO_SE``; of the paired difference of their per-scale errors).
+
+    Returns:
+        ``{"group", "law", "candidates": {law: score | None}, "holdouts": {law: [..]},
+        "criterion", "note"}``; where no candidate can be backtested (too few scales), ``law`` is
+        ``AUTO_FALLBACK``'s (or the first candidate) and ``note`` says so.
+    """
+    axis = list(axis)
+    pool = candidates if candidates is not None else AUTO_LAWS.get(len(axis))
+    if not pool:
+        raise BioscaleError(
+            f"--law auto has no candidate law for {len(axis)} axes ({','.join(axis)}); "
+            f"give one axis or N,D, or name a law"
+        )
+    scores: dict[str, float | None] = {}
+    holdouts: dict[str, list[int]] = {}
+    per_scale: dict[str, np.ndarray] = {}
+    for law in pool:
+        bt = own_backtest(x, y, law, direction=direction, axis=axis)
+        scores[law] = None if bt is None else bt["score"]
+        if bt is not None:
+            holdouts[law] = bt["holdouts"]
+            per_scale[law] = np.array(bt["scale_errors"])
+    scored = [law for law in pool if scores[law] is not None]
+    criterion = (
+        "mean |error| at the largest scales of the curve's own points, each law refitted without "
+        f"them (folds holding out {', '.join(f'{f:.0%}' for f in AUTO_HOLDOUTS)} of the scales); "
+        "the simplest law within one standard error of the best"
+    )
+    if scored:
+        best = min(scored, key=lambda k: scores[k])
+
+        def close(k: str) -> bool:
+            if k == best:
+                return True
+            diff = per_scale[k] - per_scale[best]
+            if holdouts[k] != holdouts[best] or len(diff) < 2:
+                return False
+            return float(diff.mean()) <= AUTO_SE * float(diff.std(ddof=1) / np.sqrt(len(diff)))
+
+        within = [k for k in scored if close(k)]
+        law = min(within, key=lambda k: (LAWS.get(k).n_params, pool.index(k)))
+        ranked = ", ".join(f"{k} {scores[k]:.3g}" for k in sorted(scored, key=lambda k: scores[k]))
+        note = f"law auto chose {law} (backtest mean |error|: {ranked})"
+    else:
+        law = AUTO_FALLBACK.get(len(axis), pool[0])
+        law = law if law in pool else pool[0]
+        note = f"law auto: too few scales to backtest any of {', '.join(pool)}; using {law}"
+    return {
+        "group": group or {},
+        "law": law,
+        "candidates": scores,
+        "holdouts": holdouts,
+        "criterion": criterion,
+        "note": note,
+    }
+
+
+def describe_choice(choice: dict[str, Any]) -> str:
+    """One plain sentence on a ``choose_law`` result."""
+    name = ", ".join(str(v) for v in choice["group"].values()) or "all trials"
+    return f"{name}: {choice['note']}."
