@@ -459,7 +459,8 @@ def test_killed_train_worker_resumes_from_its_checkpoint_on_the_same_run(cluster
         "cluster-worker-kill",
         [1.0],
         train={"budget": {"epochs": 60}, "checkpoint_every": 3},
-        resources={"max_failures": 2},
+        # the Ray Train worker group (one-worker trials otherwise train in their Tune trial)
+        resources={"max_failures": 2, "trial_runner": "ray_train"},
         tracking={"uri": cluster.mlflow_url},
     )
     path = cluster.write_study(study)
@@ -488,6 +489,45 @@ def test_killed_train_worker_resumes_from_its_checkpoint_on_the_same_run(cluster
     # every epoch once: the epochs trained again after the restart were not logged twice
     assert sorted(steps) == list(range(1, 61))
     print(f"worker killed; trial resumed from epoch {resumed:.0f} and finished 60 epochs")
+
+
+def _direct_checkpoint(out: Path) -> bool:
+    return any(out.glob("ray_results/trial-*/direct/checkpoint_[0-9][0-9][0-9][0-9][0-9][0-9]"))
+
+
+@pytest.mark.timeout(420)
+def test_killed_trial_process_resumes_from_its_checkpoint_on_the_same_run(cluster):
+    """A one-worker trial trains in its Tune trial's own process: killed mid-training, Tune
+    retries it (``max_failures``) and it resumes from the checkpoint it keeps in the storage."""
+    study = tiny_study(
+        "cluster-trial-kill",
+        [1.0],
+        train={"budget": {"epochs": 60}, "checkpoint_every": 3},
+        resources={"max_failures": 2},
+        tracking={"uri": cluster.mlflow_url},
+    )
+    path = cluster.write_study(study)
+    out = cluster.root / "out" / study["name"]
+    args = ("--out", str(out), "--no-report", "--address", cluster.gcs_address)
+    with _driver(cluster, "study", "run", str(path), *args) as driver:
+        _wait_for(lambda: _direct_checkpoint(out), 240, "a trial checkpoint", 0.05)
+        (trial,) = _wait_for(
+            lambda: _node_processes(cluster, "ImplicitFunc"), 30, "the trial process", 0.05
+        )
+        os.kill(trial, signal.SIGKILL)
+        log = _finish(driver, 300)
+    assert driver.returncode == 0, log[-4000:]
+    assert not _node_processes(cluster, "RayTrainWorker")  # no worker group was started
+    tracker = cluster.tracker()
+    (run,) = _trial_runs(tracker, study["name"])
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    resumed = metrics["train/resumed_from_epoch"]
+    assert 3 <= resumed < 60 and resumed % 3 == 0, resumed
+    assert metrics["train/epochs"] == 60
+    steps = [m.step for m in tracker.client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, 61))  # every epoch logged once
+    print(f"trial process killed; it resumed from epoch {resumed:.0f} and finished 60 epochs")
 
 
 def _second_drivers_are_refused(cluster, path: Path, args: tuple, out: Path, first) -> None:
@@ -596,7 +636,8 @@ def test_ctrl_c_mid_trial_ends_killed_with_exit_130_and_resume_finishes(cluster)
     args = ("--out", str(out), "--address", cluster.gcs_address)
     tracker = cluster.tracker()
     with _driver(cluster, "study", "run", str(path), *args) as driver:
-        _wait_for(lambda: _registered_checkpoint(out), 240, "a registered checkpoint", 0.05)
+        # a one-worker trial keeps its checkpoints itself (CheckpointStore), not Ray Train
+        _wait_for(lambda: _direct_checkpoint(out), 240, "a trial checkpoint", 0.05)
         os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
         log = _finish(driver, 120)
     assert driver.returncode == 130, log[-4000:]

@@ -139,6 +139,21 @@ def check_locations(spec: StudySpec, out_dir: Path) -> None:
         check_writable(spec.storage, "storage path")
 
 
+#: Loggers whose start-up notices are noise on a study's console (``--verbose`` keeps them): Ray's
+#: token-authentication notice on a local instance, MLflow's and its database migrations' INFO.
+_QUIET = {
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+    "mlflow": logging.WARNING,
+    "alembic": logging.WARNING,
+}
+
+
+def quiet_console() -> None:
+    """Keep start-up notices off the console (``_QUIET``)."""
+    for name, level in _QUIET.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> None:
     """Join ``address`` (a cluster) or start a local instance sized for this machine."""
     import ray
@@ -146,6 +161,8 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: bool) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not verbose:
+        quiet_console()
     if address:
         from bioscale.study.capacity import check_ray_address
 
@@ -335,6 +352,15 @@ def probe_summary(kind: str, metrics: dict[str, Any]) -> str:
     return f"no {words.label} probe"
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min``, ``1 h 5 min``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60)} min"
+
+
 def _make_callback(
     writer: TrialWriter,
     total: int,
@@ -361,6 +387,25 @@ def _make_callback(
             # MLflow cannot take back a logged value. trial key → {epoch: metrics}
             self.unsaved: dict[str, dict[int, dict[str, Any]]] = {}
             self.logged_epochs: dict[str, int] = {}  # trial key → last epoch already in MLflow
+            self.started_at = time.monotonic()
+            self.running: set[str] = set()
+
+        def _study_progress(self) -> None:
+            """One line on the whole study after each trial ends: a bar, the counts, an ETA."""
+            ended = self.finished + self.failed
+            left = len(by_key) - ended
+            elapsed = time.monotonic() - self.started_at
+            width = 24
+            filled = round(width * ended / max(len(by_key), 1))
+            eta = ""
+            if ended and left:
+                seconds = elapsed / ended * left
+                eta = f"; about {_duration(seconds)} left"
+            progress(
+                f"  [{'#' * filled}{'.' * (width - filled)}] {ended}/{len(by_key)} trials of this "
+                f"run ended ({self.failed} failed), {len(self.running)} running, {left - len(self.running)} "
+                f"waiting; {_duration(elapsed)} so far{eta}"
+            )
 
         def _flush(self, key: str) -> None:
             """Log the trial's epochs a checkpoint now covers, each once."""
@@ -385,6 +430,7 @@ def _make_callback(
                         self.earlier[key], "train/loss"
                     )
             again = " (continuing its earlier run)" if key in self.earlier else ""
+            self.running.add(key)
             progress(f"  ▶ trial {payload.position + 1}/{total} started{again}: {payload.describe}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -426,6 +472,8 @@ def _make_callback(
                 f"({int(last.get('train/epochs', 0))} epochs, "
                 f"{last.get('compute/seconds', 0.0):.1f} s training): {probe}"
             )
+            self.running.discard(key)
+            self._study_progress()
 
         def on_trial_error(self, iteration, trials, trial, **info):
             key = self._key(trial)
@@ -442,6 +490,8 @@ def _make_callback(
                 + (f": {reason}" if reason else "")
                 + f" (error log: {where})"
             )
+            self.running.discard(key)
+            self._study_progress()
 
     return StudyCallback()
 
@@ -466,6 +516,8 @@ def run_study(
     A study over its ``budget:`` is refused unless ``proceed``.
     """
     t_start = time.perf_counter()
+    if not verbose:  # before MLflow opens its store (its INFO lines) and Ray starts
+        quiet_console()
     out = Path(out_dir).resolve()
     check_locations(spec, out)
     if address:  # an unreachable cluster is said before any planning or MLflow work
@@ -675,12 +727,20 @@ def _tune(
         param_space={"trial": tune.grid_search(list(by_key))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrent,
-            reuse_actors=False,
+            reuse_actors=spec.resources.direct,  # one-worker trials: no process start, no re-import
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=[callback], verbose=1 if verbose else 0
+            name=name,
+            storage_path=storage,
+            callbacks=[callback],
+            verbose=1 if verbose else 0,
+            # a one-worker trial trains in its Tune trial: Tune retries it (from its checkpoint,
+            # CheckpointStore) as Ray Train retries a worker group
+            failure_config=tune.FailureConfig(
+                max_failures=spec.resources.max_failures if spec.resources.direct else 0
+            ),
         ),
     )
     # Tune's end-of-run analysis looks for the JSON/CSV results its loggers would have written
