@@ -1,8 +1,9 @@
 """The ``bioscale`` command. Thin: one module per command group parses its arguments and calls
 the library; heavy imports happen inside each command so ``bioscale --help`` stays instant.
 
-``demo``; ``data`` (synth, import, check, pack); ``study`` (plan, run, resume, report);
-``posthoc`` (evaluate, visualize: finished trials); ``scaling`` (fit, forecast, report).
+``demo``; ``data`` (synth, import, check, preprocess, baseline, pack); ``study`` (plan, run,
+resume, report, suggest); ``posthoc`` (evaluate, visualize: finished trials); ``scaling`` (fit,
+forecast, predict, report).
 """
 
 from __future__ import annotations
