@@ -149,7 +149,9 @@ _QUIET = {
 
 
 def quiet_console() -> None:
-    """Keep start-up notices off the console (``_QUIET``)."""
+    """Keep start-up notices off the console (``_QUIET``); MLflow sets its loggers' level from
+    ``MLFLOW_LOGGING_LEVEL`` when it is first imported, so that is set too (unless the user has)."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name, level in _QUIET.items():
         logging.getLogger(name).setLevel(level)
 
