@@ -234,3 +234,23 @@ def test_raw_feature_baseline_on_bbbc021_beats_chance_and_shuffled_features_do_n
 
     null = raw_feature_metrics(tmp_path / "shuffled.parquet", probe=ProbeConfig(tasks=("moa",)))
     assert null.metrics["probe/moa/seen_compounds/top1"] < 0.25 < top1 - 0.15
+
+
+def test_the_feature_pass_on_ray_data_writes_the_same_manifest(tmp_path, ray_local):
+    """``--address``: each table is written by a Ray Data task and the parts joined in order;
+    the manifest holds exactly what the one-process import writes."""
+    rng = np.random.default_rng(3)
+    wells = [f"{r}{c:02d}" for r in "ABCD" for c in range(1, 13)]
+    tree = tmp_path / "profiles"
+    for plate, suffix in (("P1", ".parquet"), ("P2", ".csv.gz"), ("P3", ".parquet")):
+        _write_plate(tree / "s" / "b" / plate / f"{plate}{suffix}", plate, wells, rng)
+    local = import_profiles(
+        ProfileImportConfig(tables=(str(tree),), out=str(tmp_path / "a.parquet"))
+    )
+    remote = import_profiles(
+        ProfileImportConfig(tables=(str(tree),), out=str(tmp_path / "b.parquet")), address="auto"
+    )
+    assert local.groups == remote.groups and remote.n_wells == 3 * len(wells)
+    a, b = pq.read_table(local.path), pq.read_table(remote.path)
+    assert a.equals(b) and feature_names(b.schema) == feature_names(a.schema)
+    assert not (tmp_path / "b.parts").exists()  # the part files are gone

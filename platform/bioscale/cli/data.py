@@ -102,7 +102,9 @@ def cmd_import_profiles(args: argparse.Namespace) -> int:
         batch_pattern=args.batch_pattern,
         novel_fraction=args.novel_fraction,
     )
-    summary = import_profiles(cfg, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    summary = import_profiles(
+        cfg, progress=lambda m: print(m, file=sys.stderr, flush=True), address=args.address
+    )
     groups = ", ".join(f"{g} {n}" for g, n in sorted(summary.groups.items()))
     if summary.excluded_columns:
         shown = ", ".join(summary.excluded_columns[:5])
@@ -357,6 +359,12 @@ def add_commands(sub) -> None:
         help="regex whose first group is the batch in the plate name, e.g. '^(Week\\d+)_'",
     )
     pr.add_argument("--novel-fraction", type=float, default=0.25)
+    pr.add_argument(
+        "--address",
+        default=None,
+        help="write the features with Ray Data on this cluster (tables and --out on storage "
+        "every node sees)",
+    )
     pr.set_defaults(func=cmd_import_profiles)
 
     nimp = imp.add_parser("natural", help="natural images with human importance maps")

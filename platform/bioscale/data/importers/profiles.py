@@ -45,6 +45,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -570,9 +571,13 @@ def _table_metadata(
 
 
 def import_profiles(
-    cfg: ProfileImportConfig, progress: Callable[[str], None] | None = None
+    cfg: ProfileImportConfig,
+    progress: Callable[[str], None] | None = None,
+    address: str | None = None,
 ) -> ProfileImportSummary:
-    """Import the tables of ``cfg`` into one profile manifest (module docstring)."""
+    """Import the tables of ``cfg`` into one profile manifest (module docstring); with
+    ``address`` (a Ray cluster, or ``local``) the feature pass runs as Ray Data tasks, one table
+    each."""
     say = progress or (lambda message: None)
     tables = find_tables(cfg.tables)
     layout = feature_layout(tables, cfg.features)
@@ -618,26 +623,21 @@ def import_profiles(
         raise ManifestError(f"{', '.join(map(str, tables[:3]))}: no wells to import")
     groups = assign_groups(perturbations, controls, cfg.novel_fraction)
     # pass 2: features, a block at a time, into the manifest's row groups
-    types = dict.fromkeys(layout.features, pa.float32())
     counts: dict[str, int] = {}
-    with mf.ProfileWriter(cfg.out, layout.features) as writer:
-        for i, m in enumerate(metas, start=1):
-            cols = dict(m.columns)
-            cols["group"] = [
-                groups.get(p, "extra") if p else "extra" for p in cols["perturbation_id"]
-            ]
-            for g in cols["group"]:
-                counts[g] = counts.get(g, 0) + 1
-            start, pending = 0, []
-            for batch in _batches(m.path, layout.features, types, cfg.block_mb):
-                # (rows, F) float32, a null → NaN; one copy (a per-column loop is ~10× slower)
-                pending.append(batch.to_tensor(null_to_nan=True, row_major=True).to_numpy())
-                if sum(len(p) for p in pending) >= _ROWS_PER_WRITE:  # row groups of ~1024
-                    start = _flush(writer, cols, start, pending)
-            start = _flush(writer, cols, start, pending)
-            if start != len(cols["sample_id"]):
-                raise ManifestError(f"{m.path} changed while it was imported: import it again")
-            say(f"  wrote {writer.n_rows:,} wells ({i}/{len(metas)} table(s))")
+    columns = []
+    for m in metas:
+        cols = dict(m.columns)
+        cols["group"] = [groups.get(p, "extra") if p else "extra" for p in cols["perturbation_id"]]
+        for g in cols["group"]:
+            counts[g] = counts.get(g, 0) + 1
+        columns.append(cols)
+    if address is None:
+        with mf.ProfileWriter(cfg.out, layout.features) as writer:
+            for i, (m, cols) in enumerate(zip(metas, columns, strict=True), start=1):
+                _write_table(writer, m.path, cols, layout.features, cfg.block_mb)
+                say(f"  wrote {writer.n_rows:,} wells ({i}/{len(metas)} table(s))")
+    else:
+        _write_with_ray(metas, columns, layout.features, cfg, address, say)
     return ProfileImportSummary(
         path=Path(cfg.out),
         n_wells=len(where),
@@ -647,6 +647,74 @@ def import_profiles(
         groups=counts,
         excluded_columns=layout.excluded,
     )
+
+
+def _write_table(writer, path: Path, cols: dict[str, list], features: list[str], block_mb: float):
+    """One table's features, a block at a time, into ``writer`` with its rows' metadata."""
+    types = dict.fromkeys(features, pa.float32())
+    start, pending = 0, []
+    for batch in _batches(path, features, types, block_mb):
+        # (rows, F) float32, a null → NaN; one copy (a per-column loop is ~10× slower)
+        pending.append(batch.to_tensor(null_to_nan=True, row_major=True).to_numpy())
+        if sum(len(p) for p in pending) >= _ROWS_PER_WRITE:  # row groups of ~1024
+            start = _flush(writer, cols, start, pending)
+    start = _flush(writer, cols, start, pending)
+    if start != len(cols["sample_id"]):
+        raise ManifestError(f"{path} changed while it was imported: import it again")
+
+
+def _write_part(item: dict[str, Any], *, features: list[str], block_mb: float) -> dict[str, Any]:
+    """A Ray Data task: one table into its part file (a manifest of its own rows)."""
+    import json
+
+    cols = json.loads(item["columns"])
+    with mf.ProfileWriter(item["part"], features) as writer:
+        _write_table(writer, Path(item["path"]), cols, features, block_mb)
+    return {"index": item["index"], "rows": len(cols["sample_id"])}
+
+
+def _write_with_ray(metas, columns, features, cfg, address: str, say) -> None:
+    """Pass 2 on a Ray cluster: every table is written to a part file by a Ray Data task, then
+    the parts are joined, row group by row group, into the manifest (tables in order). The tables
+    and ``--out`` must be on storage every node sees."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    parts = Path(cfg.out).with_suffix(".parts")
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir(parents=True)
+    items = [
+        {
+            "index": i,
+            "path": str(Path(m.path).resolve()),
+            "part": str((parts / f"part-{i:05d}.parquet").resolve()),
+            "columns": json.dumps(cols),
+        }
+        for i, (m, cols) in enumerate(zip(metas, columns, strict=True))
+    ]
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map(
+            _write_part, fn_kwargs={"features": features, "block_mb": cfg.block_mb}, num_cpus=1
+        )
+        for done, _ in enumerate(ds.iter_rows(), start=1):
+            if done == len(items) or done % max(1, len(items) // 10) == 0:
+                say(f"  wrote {done}/{len(items)} table(s) on the cluster")
+        schema = mf.profile_schema(len(features), features)
+        tmp = Path(cfg.out).with_suffix(".parquet.tmp")
+        with pq.ParquetWriter(tmp, schema, use_dictionary=list(mf.METADATA_COLUMNS)) as writer:
+            for item in items:
+                pf = pq.ParquetFile(item["part"])
+                for g in range(pf.num_row_groups):
+                    writer.write_table(pf.read_row_group(g).cast(schema))
+        tmp.replace(cfg.out)
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
 
 
 def _flush(writer, cols: dict[str, list], start: int, pending: list[np.ndarray]) -> int:
