@@ -209,14 +209,17 @@ def fit_preprocess(
 ) -> FittedPreprocess:
     """Fit ``cfg`` on manifest ``path`` (``index``: its ``SampleIndex`` with the study's roles)."""
     import pandas as pd
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from bioscale.data import manifest as mf
 
-    width = mf.inspect(path).n_features
+    schema = pq.read_schema(path)  # the width without hashing the file (inspect would)
+    ftype = schema.field(mf.FEATURES).type if mf.FEATURES in schema.names else None
+    width = ftype.list_size if ftype is not None and pa.types.is_fixed_size_list(ftype) else None
     if width is None:
         raise ManifestError(f"data.preprocess applies to profile manifests; {path} holds images")
-    names = list(feature_names or mf.feature_names(pq.read_schema(path)) or [])
+    names = list(feature_names or mf.feature_names(schema) or [])
     if len(names) != width:
         names = [f"feature_{j}" for j in range(width)]
     notes: list[str] = []

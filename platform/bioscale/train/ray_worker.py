@@ -98,6 +98,10 @@ class RayContext:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        self._feed(batch_size, seed, runtime)
+
+    def _feed(self, batch_size: int, seed: int, runtime: WorkerRuntime | None) -> None:
+        """How batches are fed: their size, the shuffle seed, the runtime's feed settings."""
         self._batch_size = batch_size
         self._seed = seed
         self._runtime = runtime or WorkerRuntime()
@@ -105,8 +109,6 @@ class RayContext:
         self._epochs = EpochCache(self._runtime.feed.cache_mib * 2**20)
 
     def train_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        import ray.train
-
         kwargs = train_batch_kwargs(
             self._runtime.feed,
             device=self.device,
@@ -123,19 +125,23 @@ class RayContext:
                 device=self.device,
                 pin=bool(kwargs["pin_memory"]),
             )
-        shard = ray.train.get_dataset_shard("train")
-        return self._epochs.record(shard.iter_torch_batches(**kwargs))
+        return self._epochs.record(self._dataset("train").iter_torch_batches(**kwargs))
 
     def eval_batches(self, name: str) -> Iterator[dict[str, torch.Tensor]]:
         """Whole eval sets, kept in memory after the first pass (``val`` is read every epoch)."""
-        import ray.train
-
         if name not in self._cache:
-            shard = ray.train.get_dataset_shard(name)
             self._cache[name] = list(
-                shard.iter_torch_batches(batch_size=max(self._batch_size, 512))
+                self._dataset(name).iter_torch_batches(
+                    batch_size=max(self._batch_size, 512), device=self.device
+                )
             )
         return iter(self._cache[name])
+
+    def _dataset(self, name: str):
+        """This worker's shard of dataset ``name`` (anything with ``iter_torch_batches``)."""
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
@@ -278,40 +284,11 @@ class DirectContext(RayContext):
             torch.device("cuda", 0) if gpus and torch.cuda.is_available() else torch.device("cpu")
         )
         self._datasets = datasets
-        self._batch_size = batch_size
-        self._seed = seed
-        self._runtime = runtime or WorkerRuntime()
-        self._cache: dict[str, list[dict[str, torch.Tensor]]] = {}
-        self._epochs = EpochCache(self._runtime.feed.cache_mib * 2**20)
         self._checkpoints = checkpoints
+        self._feed(batch_size, seed, runtime)
 
-    def train_batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        kwargs = train_batch_kwargs(
-            self._runtime.feed,
-            device=self.device,
-            batch_size=self._batch_size,
-            seed=self._seed,
-            epoch=epoch,
-        )
-        self._epochs.settle(self.all_reduce_max)
-        if self._epochs.ready:
-            return self._epochs.epoch(
-                seed=self._seed,
-                epoch=epoch,
-                batch_size=self._batch_size,
-                device=self.device,
-                pin=bool(kwargs["pin_memory"]),
-            )
-        return self._epochs.record(self._datasets["train"].iter_torch_batches(**kwargs))
-
-    def eval_batches(self, name: str) -> Iterator[dict[str, torch.Tensor]]:
-        if name not in self._cache:
-            self._cache[name] = list(
-                self._datasets[name].iter_torch_batches(
-                    batch_size=max(self._batch_size, 512), device=self.device
-                )
-            )
-        return iter(self._cache[name])
+    def _dataset(self, name: str):
+        return self._datasets[name]  # the whole dataset: one worker, nothing to shard
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)

@@ -104,9 +104,10 @@ class Profiles(PlateKind):
         process and manifest: the plan's sample shape and the trials' payload share it)."""
         if not data.preprocess.enabled:
             return None
-        from bioscale.data.manifest import manifest_sha
+        import os
 
-        return _fitted(str(path), manifest_sha(path), data)
+        stat = os.stat(path)  # the cache's key: this file as it is now (no re-hashing)
+        return _fitted(str(path), f"{stat.st_size}:{stat.st_mtime_ns}", data)
 
     def artifacts(self, prepared: Any, folder: Path) -> list[Path]:
         if prepared is None:
@@ -171,7 +172,7 @@ class Profiles(PlateKind):
 
 
 @functools.lru_cache(maxsize=8)
-def _fitted_cached(path: str, sha: str, config: Any, splits: Any, non_finite: str):
+def _fitted_cached(path: str, version: str, config: Any, splits: Any, non_finite: str):
     from bioscale.data.kinds import read_index
     from bioscale.data.preprocess import fit_preprocess
 
@@ -179,8 +180,8 @@ def _fitted_cached(path: str, sha: str, config: Any, splits: Any, non_finite: st
     return fit_preprocess(path, read_index(data, path), config)
 
 
-def _fitted(path: str, sha: str, data: Any):
-    return _fitted_cached(path, sha, data.preprocess, data.splits, data.non_finite)
+def _fitted(path: str, version: str, data: Any):
+    return _fitted_cached(path, version, data.preprocess, data.splits, data.non_finite)
 
 
 @dataclasses.dataclass(frozen=True)
