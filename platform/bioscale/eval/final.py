@@ -5,7 +5,9 @@ the network with its best weights restored: it embeds the fixed probe sets with 
 backbone (with ``probe.selection: search`` also every searched layer, in the same pass), runs the
 evaluation suite of ``FinalConfig.probe.tasks`` (``bioscale.eval.tasks.evaluate``), adds the layer-search
 curves as the ``layer_search.json`` entry, then the study's alignment evaluations
-(``bioscale.eval.trial_alignment``) on the probe-test images.
+(``bioscale.eval.trial_alignment``) on the probe-test images. Data whose question is answered by
+the network's own read-out (FeatureTracker videos: does the target end on the marker) is scored
+by ``bioscale.eval.tracking`` on the same probe set instead of (or beside) the probes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from bioscale.eval.config import ProbeConfig
 from bioscale.eval.layer_search import CURVES_ARTIFACT, layer_columns, layer_curves, layers_of
 from bioscale.eval.tasks import evaluate
+from bioscale.eval.tracking import TrackingEval, evaluate_tracking
 from bioscale.eval.trial_alignment import AlignmentConfig, run_alignment
 
 if TYPE_CHECKING:
@@ -73,6 +76,9 @@ class FinalConfig:
 
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     alignment: AlignmentConfig | None = None
+    #: the network's own tracking answers on the probe set's test videos, per condition (data
+    #: kinds whose ``head_evaluation`` asks for it); ``None``: none
+    tracking: TrackingEval | None = None
 
 
 def final_metrics(
@@ -83,17 +89,21 @@ def final_metrics(
     ``held_out`` set (the probe-test images). Bind ``final`` (``functools.partial``) to wire it
     into ``bioscale.train.loop.run``."""
     final = final or FinalConfig()
-    search = final.probe.selection == "search"
-    probe_data = embed(
-        net.backbone,
-        ctx.eval_batches("probe"),
-        ctx.device,
-        layers=final.probe.layers if search else None,
-    )
-    # normalised against the control wells, then every task of the study's ``eval:``
-    out: dict[str, Any] = evaluate(probe_data, final.probe)
-    if search:  # the per-layer validation curves: a JSON artifact of the trial's run
-        out[CURVES_ARTIFACT] = json.dumps(layer_curves(layers_of(probe_data), out))
+    out: dict[str, Any] = {}
+    if final.tracking is not None:  # the trained read-out on the held-out videos
+        out |= evaluate_tracking(net, ctx.eval_batches("probe"), ctx.device, final.tracking)
+    if final.probe.tasks:
+        search = final.probe.selection == "search"
+        probe_data = embed(
+            net.backbone,
+            ctx.eval_batches("probe"),
+            ctx.device,
+            layers=final.probe.layers if search else None,
+        )
+        # normalised against the control wells, then every task of the study's ``eval:``
+        out |= evaluate(probe_data, final.probe)
+        if search:  # the per-layer validation curves: a JSON artifact of the trial's run
+            out[CURVES_ARTIFACT] = json.dumps(layer_curves(layers_of(probe_data), out))
     if final.alignment is not None:  # saliency/adversarial read the probe-test images
         out |= run_alignment(
             net,

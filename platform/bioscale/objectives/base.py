@@ -76,6 +76,11 @@ class Objective:
     #: Whether the objective needs human importance maps (``map``/``has_map`` in its batches).
     needs_maps: ClassVar[bool] = False
 
+    #: What of the data the objective (and the evaluation of what it learns) reads, matched
+    #: against the data kind's ``provides`` at load: ``labels`` (compound or class labels, which
+    #: the probes read: every objective of profiles and images), ``tracks`` (video tracking labels)
+    needs: ClassVar[frozenset[str]] = frozenset({"labels"})
+
     #: The rung families (``mlp``, ``vit``, ...) the objective can train; ``None``: every family.
     model_families: ClassVar[frozenset[str] | None] = None
 

@@ -1,4 +1,5 @@
-"""The objective registry: ``supervised``, ``ibp``, ``harmonized``, ``mae`` (one file each).
+"""The objective registry: ``supervised``, ``ibp``, ``harmonized``, ``mae``, ``tracking`` (one
+file each).
 
 A study names an objective as a string or ``{name: ..., params: {...}}``; ``build`` validates the
 params against the objective's ``Params`` dataclass (unknown keys are errors naming the key).
@@ -21,7 +22,7 @@ def register(cls: type[Objective]) -> type[Objective]:
 
 
 def _load_builtin() -> None:
-    from bioscale.objectives import harmonized, ibp, mae, supervised  # noqa: F401
+    from bioscale.objectives import harmonized, ibp, mae, supervised, tracking  # noqa: F401
 
 
 def get(name: str) -> type[Objective]:

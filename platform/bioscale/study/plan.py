@@ -311,6 +311,7 @@ def resolve(
         probe=probe or spec.probe,
         # workers run in other directories: dataset folders as absolute paths
         alignment=alignment.resolved(Path.cwd()) if alignment is not None else None,
+        tracking=kinds.get(spec.data.kind).head_evaluation(spec.data, index),
     )
     config = to_mapping(replace(loop, flops_per_sample=0.0, report_interval_s=0.0))
     # evaluation settings are not part of a trial's identity: adding a task or changing a probe
@@ -448,8 +449,16 @@ def trial_precision(spec: StudySpec) -> str:
 def _check_probe_sets(index: SampleIndex, spec: StudySpec) -> None:
     """Every probe set needs samples, or the probe cannot be fit, selected or scored (kinds whose
     classifiers cannot name never-seen labels, natural images, need no novel ones)."""
+    kind = kinds.get(spec.data.kind)
+    if not kind.probes:  # scored by the network's own read-out on the held-out samples
+        if len(index.where(role="novel_test")) == 0:
+            raise ConfigError(
+                f"data.manifest: no held-out {kind.wording.novel} to score trials on; generate "
+                "or import them into the manifest"
+            )
+        return
     roles = ["probe_train", "probe_val", "probe_test"]
-    if kinds.get(spec.data.kind).novel_labels:
+    if kind.novel_labels:
         roles.append("novel_test")
     for role in roles:
         if len(index.where(role=role)) == 0:

@@ -345,12 +345,17 @@ def _failure_reason(trial) -> str | None:
 def probe_summary(kind: str, metrics: dict[str, Any]) -> str:
     """The one probe number a trial's console line shows, in the data kind's words: MoA top-1
     (novel compounds when there are any) for screens, class top-1 on held-out images for natural
-    images."""
+    images, out-of-distribution tracking accuracy for videos."""
     words = kinds.get(kind).wording
     for split, where in (("novel_compounds", words.novel), ("seen_compounds", words.held_out)):
         value = metrics.get(f"probe/moa/{split}/top1")
         if value is not None:
             return f"{words.label} top-1 on {where} {value:.3f}"
+    ood = metrics.get("track/ood/accuracy")  # videos: the tracker's own answers
+    if ood is not None:
+        gap = metrics.get("track/ood_gap")
+        gap_text = f", gap to in-distribution {gap:+.3f}" if gap is not None else ""
+        return f"tracking accuracy out of distribution {ood:.3f}{gap_text}"
     return f"no {words.label} probe"
 
 

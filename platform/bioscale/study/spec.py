@@ -72,7 +72,7 @@ class DataSpec:
     folder. ``kind`` says what a sample is: a well profile or a Cell Painting image site."""
 
     #: what a sample is: a registered data kind (``bioscale.data.kinds``: profiles,
-    #: cellpainting, natural)
+    #: cellpainting, natural, video)
     kind: str = "profiles"
     manifest: str | None = None
     synthetic: SynthProfilesConfig | None = None
@@ -99,6 +99,8 @@ class DataSpec:
         except ConfigError as err:
             raise ConfigError(f"data.kind: {err}") from None
         kind.validate(self)  # which of the settings below apply to this kind of sample
+        if kind.default_splits is not None and self.splits == SplitConfig():
+            object.__setattr__(self, "splits", kind.default_splits)  # e.g. videos: no probe wells
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,6 +305,24 @@ def _validate_names(spec: StudySpec) -> None:
                 raise ConfigError(f"grids[{g}].rung[{r}]: {err}") from None
         for o, obj in enumerate(grid.objective):
             objectives.build(obj.name, obj.params, where=f"grids[{g}].objective[{o}]")
+            _check_objective_applies(spec, obj.name, where=f"grids[{g}].objective[{o}]")
+
+
+def _check_objective_applies(spec: StudySpec, name: str, where: str) -> None:
+    """An objective whose data needs (``Objective.needs``) the kind does not provide is refused
+    at load, naming the objectives that do apply."""
+    from bioscale.objectives import registry as objectives
+
+    provides = kinds.get(spec.data.kind).provides
+    missing = objectives.get(name).needs - provides
+    if not missing:
+        return
+    fit = [n for n in objectives.names() if objectives.get(n).needs <= provides]
+    raise ConfigError(
+        f"{where}: objective {name!r} does not apply to data.kind {spec.data.kind!r}: it needs "
+        f"{', '.join(sorted(missing))}, which that data does not carry (it provides "
+        f"{', '.join(sorted(provides))}); objectives for this data: {', '.join(fit) or 'none'}"
+    )
 
 
 def _resolve_eval(spec: StudySpec) -> None:

@@ -1,7 +1,8 @@
 """Data kinds: what one sample is, and everything that depends on it, one module per kind.
 
 A kind (``profiles``: a well's feature vector; ``cellpainting``: an image site, one channel per
-dye; ``natural``: an RGB image with an optional human importance map) owns how a manifest of that
+dye; ``natural``: an RGB image with an optional human importance map; ``video``: a FeatureTracker
+video with its tracking answer) owns how a manifest of that
 kind is inspected and validated, which study settings apply to it, one sample's tensor shape,
 whether samples carry maps, what of it enters a trial's identity, and the Ray Datasets a trial
 reads. The study driver and the trials ask the kind (``get(spec.data.kind)``); nothing outside
@@ -25,13 +26,14 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from bioscale.data.manifest import ManifestInfo
-    from bioscale.data.splits import SampleIndex
+    from bioscale.data.splits import SampleIndex, SplitConfig
 
 #: The modules that register the built-in kinds (imported on first use).
 _MODULES = (
     "bioscale.data.kinds.profiles",
     "bioscale.data.kinds.cellpainting",
     "bioscale.data.kinds.natural",
+    "bioscale.data.kinds.video",
 )
 
 KINDS: Registry[DataKind] = Registry("data kind")
@@ -117,6 +119,11 @@ class DataKind:
     provides: ClassVar[frozenset[str]] = frozenset({"labels"})
     #: the probe sets include never-trained-on labels (``novel_test``)
     novel_labels: ClassVar[bool] = True
+    #: trials are scored by probes of frozen embeddings on the fixed probe wells (``False``: by
+    #: the network's own read-out alone, ``head_evaluation``, on the ``novel_test`` samples)
+    probes: ClassVar[bool] = True
+    #: ``data.splits`` when a study leaves them at the defaults (``None``: ``SplitConfig()``)
+    default_splits: ClassVar[SplitConfig | None] = None
     #: the settings of ``data:`` this kind reads besides ``manifest`` and ``splits``
     #: (``image``, ``maps``, ``non_finite``, ``synthetic``)
     settings: ClassVar[frozenset[str]] = frozenset()
@@ -169,6 +176,11 @@ class DataKind:
 
     def alignment_refusal(self, evaluation: str) -> str | None:
         """Why ``alignment.<evaluation>`` cannot run on this kind, or ``None``."""
+        return None
+
+    def head_evaluation(self, data: Any, index: SampleIndex) -> Any:
+        """The evaluation of the trained network's own read-out on the probe set that this data
+        asks for (``bioscale.eval.final.FinalConfig.tracking``), or ``None`` (default: none)."""
         return None
 
     def identity(self, data: Any) -> dict[str, Any]:
