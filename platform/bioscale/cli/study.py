@@ -45,7 +45,13 @@ def run_and_report(spec, out: Path, args: argparse.Namespace, report: bool = Tru
     if report:
         tracker = open_tracker(spec, result.out_dir)
         analysis = analyse(
-            tracker, result.experiment_id, result.parent_run_id, spec.name, result.out_dir
+            tracker,
+            result.experiment_id,
+            result.parent_run_id,
+            spec.name,
+            result.out_dir,
+            metric=spec.analysis.metric,
+            law=spec.analysis.law,
         )
     return result, analysis
 
@@ -57,16 +63,14 @@ def print_where(result, analysis) -> None:
     print(f"fits (JSON):  {analysis.fits_json}")
     print(f"trial table:  {analysis.table}")
     print(f"MLflow store: {redact_uri(result.tracking_uri)}")
-    # MLflow 3's UI opens on its GenAI overview; this page is the study's runs table (the
-    # trials nested under the study run)
-    runs_page = f"#/experiments/{result.experiment_id}/runs?workflowType=machine_learning"
-    if result.tracking_uri.startswith("sqlite:"):
-        print(
-            f"browse it:    .venv/bin/mlflow ui --backend-store-uri {result.tracking_uri} "
-            f"--port 5000   (then open http://127.0.0.1:5000/{runs_page})"
-        )
-    elif result.tracking_uri.startswith(("http://", "https://")):
-        print(f"runs table:   {redact_uri(result.tracking_uri).rstrip('/')}/{runs_page}")
+    from bioscale.scaling.runs import mlflow_ui
+
+    # the study's runs table (trials nested under the study run), not the UI's GenAI overview
+    ui = mlflow_ui(result.tracking_uri)
+    if ui is not None and ui.launch:
+        print(f"browse it:    {ui.launch}   (then open {ui.runs_table(result.experiment_id)})")
+    elif ui is not None:
+        print(f"runs table:   {ui.runs_table(result.experiment_id)}")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -97,7 +101,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise BioscaleError(
             f"no study run for {spec.name!r} in {redact_uri(tracker.uri)}; run it first"
         )
-    analysis = analyse(tracker, experiment_id, parents[0].info.run_id, spec.name, out)
+    analysis = analyse(
+        tracker,
+        experiment_id,
+        parents[0].info.run_id,
+        spec.name,
+        out,
+        metric=spec.analysis.metric,
+        law=spec.analysis.law,
+    )
     print(f"report: {analysis.report}")
     return 0
 

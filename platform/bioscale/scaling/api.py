@@ -75,7 +75,9 @@ def fit_table(
         axes: the fit's axes, e.g. ``["D"]`` or ``["N", "D"]`` for ``chinchilla``.
         law: a ``LAWS`` name, or ``auto``: per curve, the law with the best backtest on the
             curve's own points (``selection.choose_law``), named in ``FitSet.law_choices`` and
-            in each fit's note.
+            in each fit's note; its fit is a ``predict.AutoFit`` whose prediction band averages
+            the candidate laws (``predict.average_laws``; weights in ``law_choices`` as
+            ``pi95_weights``).
         direction: ``lower`` (losses, errors) or ``higher`` (accuracies, fitted through 1 − y).
         group: columns that get one curve per value (``["objective"]``); none: one group ``{}``.
         split_by: columns that further split curves; default the other primary axes.
@@ -88,7 +90,8 @@ def fit_table(
         holdout: largest scales held out by the backtest.
         plateau_k: scales without improvement that flag a plateau.
     """
-    from bioscale.scaling.selection import AUTO, AUTO_LAWS, choose_law
+    from bioscale.scaling.predict import fit_auto
+    from bioscale.scaling.selection import AUTO, AUTO_LAWS
 
     if law == AUTO:
         if len(axes) not in AUTO_LAWS:
@@ -111,25 +114,32 @@ def fit_table(
     chosen = found.selection.describe(metric) if found.selection else ""
     fits, choices = [], []
     for curve in found.curves:
-        curve_law = law
-        if law == AUTO:
-            choice = choose_law(
-                curve.x, curve.y, direction=direction, axis=list(axes), group=curve.group
+        if law == AUTO:  # pi95 averages the candidate laws, weighted by their backtests
+            fit, choice = fit_auto(
+                curve.x,
+                curve.y,
+                direction=direction,
+                metric=metric,
+                axis=list(axes),
+                group=curve.group,
+                seeds=curve.seeds,
+                n_boot=n_boot,
+                bootstrap_scheme=bootstrap_scheme,
             )
             choices.append(choice)
-            curve_law = choice["law"]
-        fit = fit_law(
-            curve.x,
-            curve.y,
-            law=curve_law,
-            direction=direction,
-            metric=metric,
-            axis=list(axes),
-            group=curve.group,
-            seeds=curve.seeds,
-            n_boot=n_boot,
-            bootstrap_scheme=bootstrap_scheme,
-        )
+        else:
+            fit = fit_law(
+                curve.x,
+                curve.y,
+                law=law,
+                direction=direction,
+                metric=metric,
+                axis=list(axes),
+                group=curve.group,
+                seeds=curve.seeds,
+                n_boot=n_boot,
+                bootstrap_scheme=bootstrap_scheme,
+            )
         for extra in (chosen, choices[-1]["note"] if law == AUTO else ""):
             if extra:
                 fit = replace(fit, note=f"{fit.note}; {extra}" if fit.note else extra)
@@ -258,6 +268,7 @@ class Report:
     law_checks: list[dict[str, Any]] = field(default_factory=list)
     predictions: list[Prediction] = field(default_factory=list)
     law_choices: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def report_table(
@@ -278,18 +289,26 @@ def report_table(
     footnote: str = "",
     trial_columns: Sequence[str] | None = None,
     vis_panels: Sequence[Any] = (),
+    trial_runs: Any = None,
+    sections: Sequence[tuple[str, str, Sequence[Path]]] = (),
 ) -> Report:
     """Fit every curve family, forecast, compare objectives, check per one-axis curve whether
     ``log_linear`` fits as well as ``power`` (``selection.law_check``; in fits.json as
     ``law_checks``), predict a new run at 2× and 10× each curve's largest scale
     (``predict_fits``; predictions.json), plot, and write report.html, fits.json and
     forecasts.json into ``out_dir``. With ``law="auto"`` the law chosen per curve is in
-    fits.json (``law_choices``) and the report.
+    fits.json (``law_choices``) and the report. fits.json's ``issues`` (and ``Report.issues``)
+    are what a user must act on; its ``notes`` only explain, e.g. an L design's single points
+    (``table.design_gaps``).
 
     Args:
         targets: metric values to forecast for every curve; default, per curve, the value that
             cuts its best observed error by 10% (``report.default_target``).
         vis_panels: ``report.VisPanel`` feature visualisations, whose PNGs are in ``out_dir``.
+        trial_runs: the trials' MLflow runs (``runs.TrialRuns``): per-epoch training curves,
+            a link per trial row, trials that did not finish as issues; None for a table.
+        sections: further figures, ``(title, note, PNGs in out_dir)`` each, shown after the
+            curves (e.g. a tracking study's accuracy per appearance condition).
         The rest as in ``fit_table``; ``group`` columns missing from the table are ignored.
     """
     from bioscale.scaling.alignment import (
@@ -298,9 +317,10 @@ def report_table(
         describe_trends,
         plot_alignment,
     )
-    from bioscale.scaling.plots import plot_fits, plot_layer_search
+    from bioscale.scaling.plots import plot_fits, plot_layer_search, plot_training_curves
     from bioscale.scaling.report import default_target, render
     from bioscale.scaling.selection import law_check
+    from bioscale.scaling.table import design_gaps
 
     out_dir = Path(out_dir)
     columns = {k for r in rows for k in r}
@@ -312,6 +332,9 @@ def report_table(
     law_checks: list[dict[str, Any]] = []
     predictions: list[Prediction] = []
     law_choices: list[dict[str, Any]] = []
+    # issues: what a user must act on; notes: what only explains (``table.design_gaps``)
+    notes: list[str] = []
+    families: list[tuple[Sequence[str], list[FitResult]]] = []
     for spec in specs:
         found = fit_table(
             rows,
@@ -326,12 +349,7 @@ def report_table(
         issues.extend(i for i in found.issues if i not in issues)
         law_choices.extend(found.law_choices)
         kept = [f for f in found.fits if f.n_scales >= 2]
-        for f in found.fits:
-            if f.n_scales < 2:
-                name = ", ".join(f"{k}={v}" for k, v in f.group.items())
-                issues.append(
-                    f"{name}: {f.n_scales} scale(s) along {','.join(spec.axes)}, no curve"
-                )
+        families.append((spec.axes, found.fits))
         fits.extend(kept)
         law_checks.extend(c for c in map(law_check, kept) if c is not None)
         spec_fc = []
@@ -348,7 +366,7 @@ def report_table(
             try:
                 predictions.extend(predict_fits([fit], at=_beyond(fit)))
             except BioscaleError as err:  # e.g. no residual degrees of freedom
-                issues.append(f"no prediction: {err}")
+                notes.append(f"no prediction: {err}")
         if kept:
             name = "_".join(spec.axes)
             plots.append(
@@ -360,6 +378,11 @@ def report_table(
                     forecasts=spec_fc,
                 )
             )
+    gaps = design_gaps(rows, families)
+    issues.extend(gaps.issues)
+    notes[:0] = gaps.notes
+    if trial_runs is not None:
+        issues.extend(trial_runs.issues())
     comparisons = compare_fits(fits, "objective") if "objective" in group else []
     # trials that searched layers: a layer-by-scale heat map per objective, for the metric's task
     parts = metric.split("/")
@@ -369,11 +392,16 @@ def report_table(
     aligned = alignment_columns(rows)
     align_plots = plot_alignment(rows, out_dir, metric=metric, title=title)
     align_accuracy = accuracy_column(rows, metric)
+    # per-epoch val/loss and train/* of every trial: one panel per (objective, rung)
+    train_plots = (
+        [] if trial_runs is None else plot_training_curves(rows, trial_runs.histories, out_dir)
+    )
     if trial_columns is not None and aligned:
         trial_columns = [*trial_columns, *(c for c in aligned if c not in trial_columns)]
     fits_payload: dict[str, Any] = {
         "fits": [f.to_json() for f in fits],
         "issues": issues,
+        "notes": notes,
         "law_checks": law_checks,
     }
     if law_choices:
@@ -396,6 +424,10 @@ def report_table(
         forecasts=forecasts,
         comparisons=comparisons,
         issues=issues,
+        notes=notes,
+        trial_runs=trial_runs,
+        training_plots=train_plots,
+        sections=sections,
         trial_columns=trial_columns,
         footnote=footnote,
         layer_plots=layer_plots,
@@ -411,7 +443,11 @@ def report_table(
         report=report,
         fits_json=fits_json,
         forecasts_json=forecasts_json,
-        plots=plots + layer_plots + align_plots,
+        plots=plots
+        + [p for _, _, images in sections for p in images]
+        + layer_plots
+        + align_plots
+        + train_plots,
         fits=fits,
         forecasts=forecasts,
         comparisons=comparisons,
@@ -419,6 +455,7 @@ def report_table(
         law_checks=law_checks,
         predictions=predictions,
         law_choices=law_choices,
+        notes=notes,
     )
 
 

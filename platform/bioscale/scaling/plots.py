@@ -1,12 +1,17 @@
 """Scaling plots: measured points, fitted curves with their 95% bootstrap band (the mean curve's
 confidence band, shaded) beside the 95% prediction band of a new run (dotted; ``predict.bands``),
 extrapolation dashed, forecasts marked; one colour per group; log-log axes of the error
-(1 − metric for higher-is-better metrics)."""
+(1 − metric for higher-is-better metrics). Also the layer-search heat maps and the trials'
+per-epoch training curves."""
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -223,3 +228,297 @@ def _points(k: int, along: int, others: list[int], values, xs: np.ndarray) -> np
     for j, v in zip(others, values, strict=True):
         pts[:, j] = v
     return pts
+
+
+#: at most this many trials are drawn per training-curve panel, spread over the panel's diets
+MAX_PANEL_TRIALS = 24
+#: the training-curve figures ``plot_training_curves`` writes
+TRAINING_CURVES_PNG = "training_curves.png"
+TRAINING_TERMS_PNG = "training_terms.png"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingPanel:
+    """One (objective, rung) panel of the training curves: the trials drawn in it (``trials``)
+    and the objective's diets in order of training samples (``diets``: they fix the colours, the
+    same in every panel of the objective), each with its median D (``diet_D``)."""
+
+    objective: str
+    rung: str
+    N: float
+    trials: list[dict[str, Any]]
+    diets: list[str]
+    diet_D: dict[str, float]
+    left_out: int = 0
+
+
+def training_panels(
+    rows: Sequence[dict[str, Any]], max_trials: int = MAX_PANEL_TRIALS
+) -> dict[str, list[TrainingPanel]]:
+    """Per objective, one panel per rung in order of N. A panel holds every trial of its
+    (objective, rung) up to ``max_trials``; beyond, ``max_trials`` taken in turn from each diet
+    (fewest training samples first), lowest seeds first, and ``left_out`` counts the rest."""
+    by_panel: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row.get("run_id"):
+            by_panel[(str(row.get("objective", "")), str(row.get("rung", "")))].append(row)
+    sizes: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (objective, _), trials in by_panel.items():
+        for t in trials:
+            sizes[objective][str(t.get("diet", ""))].append(_num(t.get("D_samples")))
+    diet_D = {
+        objective: {d: float(np.median(v)) for d, v in by_diet.items()}
+        for objective, by_diet in sizes.items()
+    }
+    out: dict[str, list[TrainingPanel]] = defaultdict(list)
+    for (objective, rung), trials in sorted(by_panel.items()):
+        median = diet_D[objective]
+        diets = sorted(median, key=lambda d: (median[d], d))
+        by_diet: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for t in sorted(trials, key=lambda r: (_num(r.get("seed")), str(r.get("run_id")))):
+            by_diet[str(t.get("diet", ""))].append(t)
+        chosen: list[dict[str, Any]] = []
+        queues = [list(by_diet[d]) for d in diets if d in by_diet]
+        while len(chosen) < max_trials and any(queues):
+            for queue in queues:
+                if queue and len(chosen) < max_trials:
+                    chosen.append(queue.pop(0))
+        n = float(np.median([_num(t.get("N")) for t in trials]))
+        out[objective].append(
+            TrainingPanel(
+                objective=objective,
+                rung=rung,
+                N=n,
+                trials=chosen,
+                diets=diets,
+                diet_D=median,
+                left_out=len(trials) - len(chosen),
+            )
+        )
+    for panels in out.values():
+        panels.sort(key=lambda p: (p.N if math.isfinite(p.N) else math.inf, p.rung))
+    return dict(out)
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def plot_training_curves(
+    rows: Sequence[dict[str, Any]],
+    histories: dict[str, dict[str, list[tuple[int, float]]]],
+    out_dir: str | Path,
+    *,
+    max_trials: int = MAX_PANEL_TRIALS,
+) -> list[Path]:
+    """The trials' per-epoch curves (``runs.metric_histories``), one small panel per (objective,
+    rung) (``training_panels``; a row of panels per objective, rungs in order of N), one line per
+    trial coloured by its diet (darker: fewer training samples): ``val/loss`` solid,
+    ``train/loss`` dashed, epoch on x → ``training_curves.png``. Other ``train/<term>`` terms
+    (e.g. ``train/ce``, ``train/invariance``) in ``training_terms.png``, a row of panels per
+    (objective, term). Returns the PNGs written; ``[]`` when no trial has a history."""
+    panels = training_panels(rows, max_trials)
+    drawn = [t for ps in panels.values() for p in ps for t in p.trials]
+    if not any(histories.get(t["run_id"]) for t in drawn):
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    main_rows, term_rows = training_grid(panels, histories)
+    paths = [_save(training_figure(panels, histories, main_rows), out_dir / TRAINING_CURVES_PNG)]
+    if term_rows:
+        paths.append(
+            _save(training_figure(panels, histories, term_rows), out_dir / TRAINING_TERMS_PNG)
+        )
+    return paths
+
+
+def training_grid(
+    panels: dict[str, list[TrainingPanel]],
+    histories: dict[str, dict[str, list[tuple[int, float]]]],
+) -> tuple[list[tuple[str, tuple[str, ...]]], list[tuple[str, tuple[str, ...]]]]:
+    """The figures' rows of panels: (objective, metric keys drawn) — ``val/loss`` with
+    ``train/loss`` per objective; then per objective each other ``train/<term>`` it logged, except
+    a term that equals ``train/loss`` in every trial (supervised: loss = ce), which adds nothing."""
+    main_rows = [(objective, ("val/loss", "train/loss")) for objective in panels]
+    term_rows = []
+    for objective, ps in panels.items():
+        logged = [histories.get(t["run_id"], {}) for p in ps for t in p.trials]
+        keys = sorted({k for h in logged for k in h if k.startswith("train/")} - {"train/loss"})
+        term_rows += [(objective, (k,)) for k in keys if not _same(logged, k, "train/loss")]
+    return main_rows, term_rows
+
+
+def _same(histories: Sequence[dict[str, list[tuple[int, float]]]], a: str, b: str) -> bool:
+    """Whether metric ``a`` equals metric ``b`` at every epoch of every history."""
+    for h in histories:
+        x, y = h.get(a, []), h.get(b, [])
+        if len(x) != len(y) or not np.allclose(np.asarray(x, float), np.asarray(y, float)):
+            return False
+    return True
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def training_figure(
+    panels: dict[str, list[TrainingPanel]],
+    histories: dict[str, dict[str, list[tuple[int, float]]]],
+    grid: list[tuple[str, tuple[str, ...]]],
+) -> Any:
+    """A matplotlib figure: a row of panels per (objective, metric keys) of ``grid``, a panel per
+    rung; per panel and key one ``LineCollection`` holding a line per trial, the first key solid,
+    the second dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
+    ncols = max(len(panels[objective]) for objective, _ in grid)
+    fig, axes = plt.subplots(
+        len(grid),
+        ncols,
+        figsize=(0.4 + 2.6 * ncols, 0.5 + 2.1 * len(grid)),
+        dpi=110,
+        squeeze=False,
+    )
+    cmap = plt.get_cmap("viridis")
+    styles = ("-", "--")
+    for r, (objective, keys) in enumerate(grid):
+        row_panels = panels[objective]
+        for c in range(ncols):
+            ax = axes[r][c]
+            if c >= len(row_panels):
+                ax.set_visible(False)
+                continue
+            panel = row_panels[c]
+            shade = {d: 0.85 * i / max(len(panel.diets) - 1, 1) for i, d in enumerate(panel.diets)}
+            for key, ls in zip(keys, styles, strict=False):
+                # one collection per line style: a panel of many trials draws as fast as one
+                lines, colours = [], []
+                for trial in panel.trials:
+                    points = histories.get(trial["run_id"], {}).get(key)
+                    if points:
+                        lines.append(np.asarray(points, dtype=float))
+                        colours.append(cmap(shade[str(trial.get("diet", ""))]))
+                if lines:
+                    ax.add_collection(
+                        LineCollection(lines, colors=colours, linestyles=ls, lw=0.9, alpha=0.85)
+                    )
+            ax.autoscale_view()
+            more = f" (+{panel.left_out} not drawn)" if panel.left_out else ""
+            ax.set_title(f"{objective} · {panel.rung}{more}", fontsize=7)
+            ax.tick_params(labelsize=6)
+            ax.grid(True, alpha=0.3)
+            if c == 0:
+                ax.set_ylabel(keys[0] if len(keys) == 1 else "loss", fontsize=7)
+            if r == len(grid) - 1 or c >= len(panels[grid[r + 1][0]]):
+                ax.set_xlabel("epoch", fontsize=7)
+            if c == len(row_panels) - 1:  # the objective's diets, beside its row
+                handles = [Line2D([], [], color=cmap(shade[d]), lw=1.2) for d in panel.diets]
+                labels = [f"{d} · D={panel.diet_D[d]:,.0f}" for d in panel.diets]
+                ax.legend(
+                    handles,
+                    labels,
+                    fontsize=5,
+                    title=f"{objective}: diet",
+                    title_fontsize=5.5,
+                    loc="upper left",
+                    bbox_to_anchor=(1.02, 1.0),
+                )
+    both = all(len(keys) == 2 for _, keys in grid)
+    fig.suptitle(
+        f"{grid[0][1][0]} (solid) and {grid[0][1][1]} (dashed) per epoch; colour: diet"
+        if both
+        else "train/<term> per epoch (the objectives' loss terms); colour: diet",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _mean_by(rows: Sequence[dict], x: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``metric`` over the rows (seeds) at each value of ``x``, in order of ``x``."""
+    found: dict[float, list[float]] = defaultdict(list)
+    for r in rows:
+        xv, yv = r.get(x), r.get(metric)
+        if isinstance(xv, int | float) and isinstance(yv, int | float) and math.isfinite(yv):
+            found[float(xv)].append(float(yv))
+    xs = np.array(sorted(found))
+    return xs, np.array([np.mean(found[v]) for v in xs])
+
+
+def plot_condition_curves(
+    rows: Sequence[dict],
+    out_dir: str | Path,
+    *,
+    metrics: dict[str, str],
+    family: str,
+    title: str,
+    ylabel: str,
+) -> list[Path]:
+    """Per-condition curves of the metrics ``metrics`` (column → condition label): along D, one
+    panel per ``family`` value at its curve's rung (the rung with the most diets), and along N,
+    one panel per family at the largest diet; one line per condition (mean over seeds), no fit.
+    Returns ``[conditions_D.png, conditions_N.png]`` (those with at least two scales)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_family: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_family[str(r.get(family))].append(r)
+    if not by_family or not metrics:
+        return []
+    out_dir = Path(out_dir)
+    cmap = plt.get_cmap("tab10")
+    written = []
+    for axis, column in (("D", "D_samples"), ("N", "N")):
+        panels = []
+        for fam, fam_rows in sorted(by_family.items()):
+            if axis == "D":  # the rung this family's data-scaling curve was run at
+                diets: dict[str, set] = defaultdict(set)
+                for r in fam_rows:
+                    diets[str(r.get("rung"))].add(r.get("diet"))
+                rung = max(diets, key=lambda k: len(diets[k]))
+                chosen = [r for r in fam_rows if str(r.get("rung")) == rung]
+                where = f"{fam}: {rung}"
+            else:  # every rung at the family's largest diet
+                top = max(float(r.get("D_samples") or 0) for r in fam_rows)
+                chosen = [r for r in fam_rows if float(r.get("D_samples") or 0) == top]
+                where = f"{fam}: D = {top:,.0f}"
+            if len({r.get(column) for r in chosen}) >= 2:
+                panels.append((where, chosen))
+        if not panels:
+            continue
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(1.5 + 3.6 * len(panels), 3.6), dpi=120, squeeze=False
+        )
+        for ax, (where, chosen) in zip(axes[0], panels, strict=True):
+            for i, (col, label) in enumerate(metrics.items()):
+                xs, ys = _mean_by(chosen, column, col)
+                if len(xs):
+                    ax.plot(xs, ys, "o-", color=cmap(i % 10), ms=3, lw=1.2, label=label)
+            ax.set_xscale("log")
+            ax.set_xlabel(AXIS_LABELS[axis], fontsize=8)
+            ax.set_title(where, fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(ylabel, fontsize=8)
+        axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        fig.suptitle(f"{title}: per condition along {axis}", fontsize=10)
+        fig.tight_layout()
+        path = out_dir / f"conditions_{axis}.png"
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written

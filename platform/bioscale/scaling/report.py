@@ -1,7 +1,9 @@
 """The scaling report: one self-contained HTML page a scientist can read — curves with interval
 bands and dashed extrapolation, exponents with intervals, backtest errors, forecasts, objective
 comparisons, predictions of a new run (its 95% prediction interval beside the mean curve's 95%
-confidence interval), the law ``--law auto`` chose per curve, and one plain sentence per curve."""
+confidence interval), the law ``--law auto`` chose per curve, one plain sentence per curve, the
+trials' per-epoch training curves, what a user must act on (issues) and the trial table, each row
+linked to its MLflow run."""
 
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from typing import Any
 
 from bioscale.scaling.fit import FitResult
 from bioscale.scaling.forecast import Forecast
+from bioscale.scaling.runs import TrialRuns
 from bioscale.uri import redact_uri
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:49%;border:1px solid #ddd}
+img.wide{max-width:100%}
 .note{color:#666;font-size:13px}
 figure{display:inline-block;margin:4px;font-size:12px;text-align:center}
 figure img{width:160px;max-width:none;image-rendering:pixelated}"""
@@ -293,11 +297,94 @@ def prediction_section(predictions: Sequence[Any]) -> str:
     )
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+def training_section(
+    rows: Sequence[dict[str, Any]], trial_runs: TrialRuns | None, plots: Sequence[Path]
+) -> str:
+    """The report's training-curve section: the figures ``plots.plot_training_curves`` drew, or
+    one line saying why there are none (a report of a table has no MLflow runs)."""
+    head = "<h2>Training curves</h2>"
+    if trial_runs is None:
+        return (
+            f"{head}<p class=note>Not shown: this report was built from a table, which holds no "
+            "per-epoch metrics; a report of the study's MLflow experiment (<code>bioscale study "
+            "report</code>, <code>bioscale report --experiment NAME</code>) draws them.</p>"
+        )
+    if not plots:
+        return f"{head}<p class=note>No trial logged per-epoch val/loss or train/* metrics.</p>"
+    from bioscale.scaling.plots import MAX_PANEL_TRIALS, training_panels
+
+    left_out = sum(p.left_out for ps in training_panels(rows).values() for p in ps)
+    capped = (
+        f" {left_out} trial(s) are not drawn: a panel draws at most {MAX_PANEL_TRIALS}, taken in "
+        "turn from each diet, lowest seeds first."
+        if left_out
+        else ""
+    )
+    images = "".join(
+        f'<img class=wide src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">' for p in plots
+    )
+    return (
+        f"{head}<p class=note>One panel per objective and rung (in order of N), one line per "
+        "trial (diet × seed; colour: diet, darker = fewer training samples): "
+        "<code>val/loss</code> (the objective's selection term on the early-stopping wells) "
+        "solid, <code>train/loss</code> (mean over the epoch's samples) dashed; "
+        + (
+            "the objectives' other <code>train/&lt;term&gt;</code> terms in the second figure. "
+            if len(plots) > 1
+            else "no objective logged a <code>train/&lt;term&gt;</code> that differs from its "
+            "loss (supervised: loss = ce), so there is no second figure. "
+        )
+        + f"Read from the MLflow metric history of {len(trial_runs.histories)} trial runs in "
+        f"{trial_runs.seconds:.1f} s.{capped}</p>{images}"
+    )
+
+
+def trials_section(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], trial_runs: TrialRuns | None
+) -> str:
+    """The trial table; with MLflow runs, each row links to its run and the heading to the
+    experiment's runs table (``runs.MlflowUI``)."""
+    ui = trial_runs.ui if trial_runs is not None else None
+    head = f"<h2>Trials ({len(rows)})</h2>"
+    if trial_runs is None or ui is None:
+        note = (
+            "<p class=note>Run ids are MLflow's; this store has no UI address bioscale knows, "
+            "so they are not linked.</p>"
+            if trial_runs is not None
+            else ""
+        )
+        shown = list(columns) if trial_runs is None else ["run_id", *columns]
+        return head + note + _table(list(rows), shown)
+    exp = trial_runs.experiment_id
+    head = (
+        f'<h2>Trials ({len(rows)}) · <a href="{html.escape(ui.runs_table(exp))}">MLflow runs '
+        "table</a></h2>"
+    )
+    serve = (
+        f"<p class=note>Links open the MLflow UI at {html.escape(ui.base)}; start it with "
+        f"<code>{html.escape(ui.launch)}</code>.</p>"
+        if ui.launch
+        else ""
+    )
+    links = [
+        f'<a href="{html.escape(ui.run(exp, str(r["run_id"])))}">{html.escape(str(r["run_id"])[:8])}</a>'
+        if r.get("run_id")
+        else ""
+        for r in rows
+    ]
+    return head + serve + _table(list(rows), list(columns), links=links)
+
+
+def _table(
+    rows: list[dict[str, Any]], columns: list[str], links: Sequence[str] | None = None
+) -> str:
+    """An HTML table of ``rows``; ``links``: per row, the HTML of a leading ``run`` cell."""
     head = "".join(f"<th class=l>{html.escape(c)}</th>" for c in columns)
+    if links is not None:
+        head = "<th class=l>run</th>" + head
     body = []
-    for row in rows:
-        cells = []
+    for i, row in enumerate(rows):
+        cells = [] if links is None else [f"<td class=l>{links[i]}</td>"]
         for c in columns:
             v = row.get(c, "")
             text = f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -328,6 +415,17 @@ def fit_rows(fits: Sequence[FitResult]) -> list[dict[str, Any]]:
     return out
 
 
+def extra_sections(sections: Sequence[tuple[str, str, Sequence[Path]]]) -> str:
+    """``(title, note, images)`` sections, in order."""
+    out = []
+    for title, note, images in sections:
+        imgs = "".join(
+            f'<img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">' for p in images
+        )
+        out.append(f"<h2>{html.escape(title)}</h2><p class=note>{html.escape(note)}</p>{imgs}")
+    return "\n".join(out)
+
+
 def render(
     *,
     study: str,
@@ -341,6 +439,9 @@ def render(
     forecasts: Sequence[Forecast] = (),
     comparisons: Sequence[dict[str, Any]] = (),
     issues: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    trial_runs: TrialRuns | None = None,
+    training_plots: Sequence[Path] = (),
     trial_columns: Sequence[str] | None = None,
     footnote: str = "",
     layer_plots: Sequence[Path] = (),
@@ -352,6 +453,7 @@ def render(
     budgets: Sequence[float] | None = None,
     predictions: Sequence[Any] = (),
     law_choices: Sequence[dict[str, Any]] = (),
+    sections: Sequence[tuple[str, str, Sequence[Path]]] = (),
 ) -> Path:
     """Write ``out`` (report.html) next to its plots; return its path. ``layer_plots``: the layer
     search heat maps (a section of their own, only when trials searched layers).
@@ -364,7 +466,12 @@ def render(
     ``predictions``: ``predict.Prediction`` of a new run, shown with both intervals;
     ``law_choices``: the law ``--law auto`` chose per curve (``selection.choose_law``).
     ``budgets``: FLOP budgets of the compute-optimal section (joint N×D fits only; default
-    ``allocation.DEFAULT_BUDGET_MULTIPLES`` of the largest trial's compute)."""
+    ``allocation.DEFAULT_BUDGET_MULTIPLES`` of the largest trial's compute). ``issues``: what a
+    user must act on; ``notes``: what only explains (e.g. an L design's single points, from
+    ``table.design_gaps``), shown quietly below them. ``trial_runs``: the trials' MLflow runs
+    (``runs.TrialRuns``): each trial row links to its run, the heading to the runs table;
+    ``training_plots``: their training curves (``plots.plot_training_curves``); without
+    ``trial_runs`` (a report of a table) the section says why it is empty."""
     trial_cols = list(trial_columns or [])
     if not trial_cols:
         trial_cols = [
@@ -438,6 +545,7 @@ def render(
     from bioscale.scaling.suggest import decision_section
 
     issue_list = "".join(f"<li>{html.escape(i)}</li>" for i in issues) or "<li>none</li>"
+    note_list = "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>bioscale · {html.escape(study)}</title>
 <style>{_CSS}</style></head><body>
 <h1>Scaling study: {html.escape(study)}</h1>
@@ -448,6 +556,8 @@ starts); bands are 95% bootstrap intervals (seeds resampled within each scale, r
 scale has one run); dashed lines extrapolate beyond the data; a star marks a forecast.</p>
 <h2>How each curve scales</h2><ul>{sentences}</ul>
 <h2>Curves</h2>{images}
+{extra_sections(sections)}
+{training_section(rows, trial_runs, training_plots)}
 {layer_section}
 {alignment_section}
 {vis_section(vis_panels)}
@@ -459,8 +569,10 @@ scale has one run); dashed lines extrapolate beyond the data; a star marks a for
 {compute_optimal_section(fits, rows, out.parent, budgets)[0]}
 <h2>Objective comparisons</h2>{_table(cmp_rows, list(cmp_rows[0])) if cmp_rows else "<p class=note>none: no two fitted curves differ only in objective.</p>"}
 {decision_section(fits)}
-<h2>Data issues</h2><ul>{issue_list}</ul>
-<h2>Trials ({len(rows)})</h2>{_table(rows, trial_cols)}
+<h2>Data issues</h2><p class=note>What to act on: trials that failed or did not finish,
+missing or non-finite values, curves the design meant that cannot be fitted.</p>
+<ul>{issue_list}</ul>{note_list}
+{trials_section(rows, trial_cols, trial_runs)}
 {f"<p class=note>{footnote}</p>" if footnote else ""}
 </body></html>"""
     out.parent.mkdir(parents=True, exist_ok=True)

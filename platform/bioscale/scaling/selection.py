@@ -1,6 +1,7 @@
 """Which law for a curve. ``choose_law`` (``--law auto``) picks, per curve, the law with the best
-backtest on the curve's own points (see its docstring); ``law_check`` says whether ``log_linear``
-fits as well as ``power``.
+backtest on the curve's own points (see its docstring), from every candidate's ``own_backtest``
+(``law_backtests``, which ``predict.average_laws`` also uses to weight the candidates in the
+prediction band); ``law_check`` says whether ``log_linear`` fits as well as ``power``.
 
 Power law or straight line in log x? Per curve, whether ``log_linear`` (err = a + b·log10 x, the
 curve Pheno-CA compared its power laws against, arXiv 2309.16773) fits as well as ``power``
@@ -189,10 +190,12 @@ def own_backtest(
     them.
 
     Returns:
-        ``{"score", "holdouts", "fold_errors", "scale_errors", "log_residuals"}``: the score is
-        the mean over folds of the mean |error| in the metric's terms at the held-out scales (each
-        a mean over its runs; ``scale_errors`` lists them, fold by fold); ``log_residuals`` are
-        log error − log predicted error of every held-out run.
+        ``{"score", "holdouts", "fold_errors", "scale_errors", "log_residuals", "log_predicted",
+        "fold_runs"}``: the score is the mean over folds of the mean |error| in the metric's terms
+        at the held-out scales (each a mean over its runs; ``scale_errors`` lists them, fold by
+        fold); ``log_residuals`` are log error − log predicted error of every held-out run, fold
+        by fold, ``log_predicted`` the log predicted error of each, and ``fold_runs`` the number
+        of held-out runs per fold (so the residuals split back into folds).
         None when no fold leaves the law enough scales or a refit fails.
     """
     spec = LAWS.get(law)
@@ -201,7 +204,7 @@ def own_backtest(
     size = np.prod(x, axis=1)
     sizes = np.unique(size)
     folds = _fold_sizes(len(sizes), spec.min_scales)
-    errors, log_resid, scale_errors = [], [], []
+    errors, log_resid, log_pred, scale_errors, fold_runs = [], [], [], [], []
     for h in folds:
         held = size >= sizes[-h]
         fit = fit_law(x[~held], y[~held], law=law, direction=direction, axis=axis, n_boot=0)
@@ -218,6 +221,8 @@ def own_backtest(
         err_pred = 1.0 - fit.predict(x[held]) if direction == "higher" else fit.predict(x[held])
         with np.errstate(divide="ignore", invalid="ignore"):
             log_resid.extend((np.log(err_held) - np.log(err_pred)).tolist())
+            log_pred.extend(np.log(err_pred).tolist())
+        fold_runs.append(int(held.sum()))
     if not errors:
         return None
     return {
@@ -226,6 +231,36 @@ def own_backtest(
         "fold_errors": errors,
         "scale_errors": scale_errors,
         "log_residuals": log_resid,
+        "log_predicted": log_pred,
+        "fold_runs": fold_runs,
+    }
+
+
+def _pool(axis: list[str], candidates: tuple[str, ...] | None) -> tuple[str, ...]:
+    pool = candidates if candidates is not None else AUTO_LAWS.get(len(axis))
+    if not pool:
+        raise BioscaleError(
+            f"--law auto has no candidate law for {len(axis)} axes ({','.join(axis)}); "
+            f"give one axis or N,D, or name a law"
+        )
+    return pool
+
+
+def law_backtests(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    direction: str = "lower",
+    axis: list[str] | tuple[str, ...] = ("D",),
+    candidates: tuple[str, ...] | None = None,
+) -> dict[str, dict[str, Any] | None]:
+    """``own_backtest`` of every ``--law auto`` candidate (default ``AUTO_LAWS`` for the number
+    of axes) on these points: ``{law: backtest | None}``, in candidate order. ``choose_law``
+    ranks them; ``predict.average_laws`` weights the candidates' prediction bands by them."""
+    axis = list(axis)
+    return {
+        law: own_backtest(x, y, law, direction=direction, axis=axis)
+        for law in _pool(axis, candidates)
     }
 
 
@@ -237,11 +272,16 @@ def choose_law(
     axis: list[str] | tuple[str, ...] = ("D",),
     group: dict[str, Any] | None = None,
     candidates: tuple[str, ...] | None = None,
+    backtests: dict[str, dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """``--law auto``: the candidate law with the lowest ``own_backtest`` score on these points
     (never on points held out from the curve), preferring the simpler: the simplest candidate
     (fewest parameters, then ``AUTO_LAWS`` order) whose score is within one standard error of
     the best's (``AUTO_SE``; of the paired difference of their per-scale errors).
+
+    Args:
+        backtests: ``law_backtests`` of these points, if already computed (its laws are the
+            candidates); default: computed here.
 
     Returns:
         ``{"group", "law", "candidates": {law: score | None}, "holdouts": {law: [..]},
@@ -249,17 +289,14 @@ def choose_law(
         ``AUTO_FALLBACK``'s (or the first candidate) and ``note`` says so.
     """
     axis = list(axis)
-    pool = candidates if candidates is not None else AUTO_LAWS.get(len(axis))
-    if not pool:
-        raise BioscaleError(
-            f"--law auto has no candidate law for {len(axis)} axes ({','.join(axis)}); "
-            f"give one axis or N,D, or name a law"
-        )
+    if backtests is None:
+        backtests = law_backtests(x, y, direction=direction, axis=axis, candidates=candidates)
+    pool = tuple(backtests)
     scores: dict[str, float | None] = {}
     holdouts: dict[str, list[int]] = {}
     per_scale: dict[str, np.ndarray] = {}
     for law in pool:
-        bt = own_backtest(x, y, law, direction=direction, axis=axis)
+        bt = backtests[law]
         scores[law] = None if bt is None else bt["score"]
         if bt is not None:
             holdouts[law] = bt["holdouts"]

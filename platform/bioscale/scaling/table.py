@@ -2,7 +2,8 @@
 fit is made on: grouped by ``group`` columns and by the other axes, or the frontier.
 
 Missing and non-finite values are counted and reported (``Curves.issues``), never silently
-dropped.
+dropped. ``design_gaps`` tells, across the curve families of one request, the curves the design
+meant but the data cannot fit (issues) from the single points an L-shaped design means (notes).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bioscale.errors import BioscaleError, TrackingError
 from bioscale.uri import redact_uri
+
+if TYPE_CHECKING:
+    from bioscale.scaling.fit import FitResult
 
 #: Axis name → the table columns it may be called, in order of preference.
 AXIS_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -343,3 +347,135 @@ def _frontier(
     xs = sorted(best)
     ys = np.array([best[k][1] for k in xs])
     return np.array(xs, dtype=float).reshape(-1, x.shape[1]), ys, None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DesignGaps:
+    """What ``design_gaps`` found: ``issues`` a user must act on, ``notes`` that only explain."""
+
+    issues: list[str]
+    notes: list[str]
+
+
+def _group_name(group: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in group.items()) or "all trials"
+
+
+def _design(
+    rows: Sequence[dict[str, Any]], group: dict[str, Any], cols: Sequence[str]
+) -> tuple[set[int], int]:
+    """The rows of ``group`` (its columns at its values) and how many distinct positive scales
+    (along ``cols``) they span, whatever their metric."""
+    members = {i for i, r in enumerate(rows) if all(r.get(k) == v for k, v in group.items())}
+    scales = set()
+    for i in members:
+        x = tuple(_number(rows[i].get(c)) for c in cols)
+        if all(v > 0 and math.isfinite(v) for v in x):
+            scales.add(x)
+    return members, len(scales)
+
+
+def _values(groups: Sequence[dict[str, Any]], limit: int = 4) -> str:
+    """``rung mlp:a, mlp:b × objective ibp, supervised``: each column's values over ``groups``."""
+    parts = []
+    for key in dict.fromkeys(k for g in groups for k in g):
+        seen = list(dict.fromkeys(str(g.get(key)) for g in groups))
+        shown = ", ".join(seen[:limit]) + (f", … ({len(seen)})" if len(seen) > limit else "")
+        parts.append(f"{key} {shown}")
+    return " × ".join(parts)
+
+
+def design_gaps(
+    rows: Sequence[dict[str, Any]],
+    families: Sequence[tuple[Sequence[str], Sequence[FitResult]]],
+) -> DesignGaps:
+    """Which of a request's curves the user must act on, and which gaps the design means.
+
+    ``families`` are the fits of one request, per family of curves (its axes, e.g. ``("D",)``
+    split by rung, and ``("N",)`` split by diet). A curve's *design scales* are the distinct
+    positive scales along its axes of its rows in the table, whatever their metric; its *fitted
+    scales* (``FitResult.n_scales``) those with a usable metric. Per curve:
+
+    - issue: the design has ≥ 2 scales but fewer than 2 were fitted (failed or missing trials
+      cost the curve);
+    - the design has one scale: a note when each of its rows is a point of a curve of another
+      family whose design has ≥ 2 scales (an L-shaped design: rung X at the full diet is a
+      single point along D and a point of the N curve); otherwise an issue: the design varies
+      it along no axis with ≥ 2 scales, so its trials are in no fit (one issue for trials that
+      are such a point in several families);
+    - ≥ 2 scales were fitted, too few for the law (no fit): a note when each of its rows is a
+      point of a *fitted* curve of another family (two grids that happen to share a diet);
+      otherwise an issue.
+
+    Notes are one line per (family, covering family): "6 group(s) are single points of the N
+    arm of the design: not fitted along D (…)".
+    """
+    info = []
+    for axes, fits in families:
+        cols = [axis_column(rows, a) for a in axes]
+        info.append([(f, *_design(rows, f.group, cols)) for f in fits])
+    planned = [set().union(*(m for _, m, n in fam if n >= 2)) for fam in info]
+    fitted = [set().union(*(m for f, m, _ in fam if f.params is not None)) for fam in info]
+    issues: list[str] = []
+    single: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+    short: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+    orphans: dict[frozenset[int], list[tuple[int, dict[str, Any], int]]] = {}
+
+    def arm(i: int, members: set[int], covered: list[set[int]]) -> int | None:
+        others = (j for j in range(len(families)) if j != i and members <= covered[j])
+        return next(others, None) if members else None
+
+    for i, ((axes, _), fam) in enumerate(zip(families, info, strict=True)):
+        along = ",".join(axes)
+        for f, members, n_design in fam:
+            name = _group_name(f.group)
+            if n_design >= 2 and f.n_scales < 2:
+                issues.append(
+                    f"{name}: meant as a curve along {along} ({n_design} scales in the design) "
+                    f"but only {f.n_scales} have a usable {f.metric or 'metric'}: no curve; "
+                    "rerun or fix the failed trials"
+                )
+            elif n_design < 2:
+                j = arm(i, members, planned)
+                if j is not None:
+                    single[(i, j)].append(f.group)
+                else:  # the same trials are a single point of every family: one issue
+                    orphans.setdefault(frozenset(members), []).append((i, f.group, n_design))
+            elif f.params is None:
+                j = arm(i, members, fitted)
+                if j is not None:
+                    short[(i, j)].append(f.group)
+                    continue
+                why = f.note.split(";")[0]
+                issues.append(
+                    f"{name}: {f.n_scales} scales along {along}, too few for the {f.law} law "
+                    f"({why}): no fit; add scales along {along} or choose a law with fewer "
+                    "parameters"
+                )
+
+    def axes_of(k: int) -> str:
+        return ",".join(families[k][0])
+
+    for seen in orphans.values():
+        group = {k: v for _, g, _ in seen for k, v in g.items()}
+        scales = "one scale" if max(n for *_, n in seen) else "no positive scale"
+        single_along = " and along ".join(axes_of(i) for i, _, _ in seen)
+        rest = [axes_of(j) for j in range(len(families)) if j not in {i for i, _, _ in seen}]
+        elsewhere = f" and on no curve along {' or '.join(rest)}" if rest else ""
+        every = " or along ".join(axes_of(j) for j in range(len(families)))
+        issues.append(
+            f"{_group_name(group)}: {scales} along {single_along}{elsewhere}: its trials are "
+            f"in no fit; add scales along {every}"
+        )
+
+    notes = [
+        f"{len(groups)} group(s) are single points of the {axes_of(j)} arm of the design: not "
+        f"fitted along {axes_of(i)} ({_values(groups)})"
+        for (i, j), groups in single.items()
+    ] + [
+        f"{len(groups)} group(s) have too few scales along {axes_of(i)} for a fit, and each of "
+        f"their points is on a fitted curve along {axes_of(j)}: not fitted along {axes_of(i)} "
+        f"({_values(groups)})"
+        for (i, j), groups in short.items()
+    ]
+    return DesignGaps(issues=issues, notes=notes)

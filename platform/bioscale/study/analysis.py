@@ -1,6 +1,7 @@
 """After a study: its trial runs → scaling fits (per objective, along D and along N) with intervals,
-backtests, plateau checks, forecasts and objective comparisons → plots, an HTML report, fit and
-forecast JSON, and ``fit``/``report`` child runs in MLflow."""
+backtests, plateau checks, forecasts and objective comparisons → plots, the trials' training
+curves, an HTML report (each trial linked to its MLflow run), fit and forecast JSON, and
+``fit``/``report`` child runs in MLflow."""
 
 from __future__ import annotations
 
@@ -15,11 +16,20 @@ from bioscale.models.features import TRAINLESS_FAMILY
 from bioscale.scaling.api import CurveSpec, FitSet, fit_table, report_table
 from bioscale.scaling.fit import N_BOOT, FitResult
 from bioscale.scaling.forecast import Forecast
-from bioscale.scaling.runs import runs_table, write_csv
+from bioscale.scaling.runs import read_trial_runs, runs_table, write_csv
 from bioscale.study.tracking import Tracker
 
 PRIMARY_METRIC = "probe/moa/novel_compounds/top1"
 SEEN_METRIC = "probe/moa/seen_compounds/top1"
+#: tracking studies (videos): the network's own answers on out-of-distribution test videos
+TRACK_METRIC = "track/ood/accuracy"
+_TRACK_NOTE = (
+    "Tracking: the trained network's own answer (does the object that started on the start "
+    "marker end on the end marker?) on held-out test videos; trials train on one appearance "
+    "condition, <i>ood</i> pools the test conditions whose shape or colour changes out of the "
+    "training distribution; <code>track/ood_gap</code> = in-distribution minus ood accuracy. "
+    "Chance is 0.5."
+)
 
 
 def _baseline_note(baselines: list[dict], metric: str, split: str) -> str:
@@ -44,7 +54,19 @@ def _primary_metric(rows: list[dict]) -> str:
     def has(name: str) -> bool:
         return any(isinstance(r.get(name), float | int) and math.isfinite(r[name]) for r in rows)
 
+    if has(TRACK_METRIC) and not has(PRIMARY_METRIC) and not has(SEEN_METRIC):
+        return TRACK_METRIC
     return PRIMARY_METRIC if has(PRIMARY_METRIC) or not has(SEEN_METRIC) else SEEN_METRIC
+
+
+def _tracking_conditions(rows: list[dict]) -> dict[str, str]:
+    """``track/<condition>/accuracy`` column → condition, for every condition trials logged."""
+    names = sorted({k for r in rows for k in r if k.startswith("track/")})
+    return {
+        k: k.split("/")[1]
+        for k in names
+        if k.endswith("/accuracy") and k.count("/") == 2 and k.split("/")[1] != "ood"
+    }
 
 
 #: curve families: along D at each fixed (objective, rung), along N at each fixed (objective, diet)
@@ -141,16 +163,21 @@ def analyse(
     metric: str | None = None,
     targets: list[float] | None = None,
     n_boot: int = N_BOOT,
+    law: str = "power",
 ) -> Analysis:
     """Fit, forecast, plot, report and log; returns where everything went. ``metric`` defaults
     to MoA top-1 on novel compounds, or on held-out wells of seen ones where no trial has a
-    novel-compound probe (natural images: a class never trained on cannot be named)."""
+    novel-compound probe (natural images: a class never trained on cannot be named), or
+    out-of-distribution tracking accuracy for videos; ``law``: the one-axis law of every curve
+    (a study's ``analysis.law``)."""
     from bioscale.eval.visualize import report_panels
+    from bioscale.scaling.plots import training_panels
 
     report_dir = Path(out_dir) / "report"
     rows = runs_table(tracker.client, experiment_id)
     metric = metric or _primary_metric(rows)
     split = metric.split("/")[2].replace("_", " ") if metric.count("/") == 3 else metric
+    tracking = metric.startswith("track/")
     table = write_csv(rows, report_dir / "trials.csv")
     # untrained rungs (features:raw) sit on no curve (N = 0, nothing trained): the report states
     # them as the baseline every curve must beat
@@ -158,20 +185,60 @@ def analyse(
     rows = [r for r in rows if r.get("model_family") != TRAINLESS_FAMILY]
     # ``bioscale visualize`` output under <out>/visualize/: one panel per objective
     panels = report_panels(rows, out_dir, report_dir)
+    # per-epoch histories of the trials the training-curve panels draw; failed trials as issues
+    drawn = [t for ps in training_panels(rows).values() for p in ps for t in p.trials]
+    trial_runs = read_trial_runs(tracker.client, experiment_id, drawn, tracker.uri)
+    if tracking:  # videos: one curve per model family; every test condition's own curves
+        from bioscale.scaling.plots import plot_condition_curves
+
+        report_dir.mkdir(parents=True, exist_ok=True)
+        conditions = _tracking_conditions(rows)
+        labels = {
+            "metric_label": "tracking accuracy, out-of-distribution test videos",
+            "ylabel": "error = 1 − accuracy (ood test videos)",
+            "group": ("objective", "model_family"),
+            "footnote": _TRACK_NOTE,
+            "columns": [metric, "track/ood_gap", *conditions],
+            "sections": [
+                (
+                    "Tracking accuracy per condition",
+                    "Mean over seeds of each test condition's accuracy: along D at each family's "
+                    "data-scaling rung, along N at each family's largest diet (no fit).",
+                    plot_condition_curves(
+                        rows,
+                        report_dir,
+                        metrics=conditions,
+                        family="model_family",
+                        title=study,
+                        ylabel="tracking accuracy",
+                    ),
+                )
+            ],
+        }
+    else:
+        labels = {
+            "metric_label": f"MoA top-1 on {split}",
+            "ylabel": f"error = 1 − top-1 ({split})",
+            "group": ("objective",),
+            "footnote": _PROBE_NOTE + _baseline_note(baselines, metric, split),
+            "columns": [metric, metric.replace("/top1", "/top10"), SEEN_METRIC],
+            "sections": [],
+        }
     built = report_table(
         rows,
         report_dir,
         title=study,
         source=tracker.uri,
         metric=metric,
-        metric_label=f"MoA top-1 on {split}",
-        ylabel=f"error = 1 − top-1 ({split})",
+        law=law,
+        metric_label=labels["metric_label"],
+        ylabel=labels["ylabel"],
         direction="higher",
-        group=("objective",),
+        group=labels["group"],
         specs=CURVES,
         targets=targets,
         n_boot=n_boot,
-        footnote=_PROBE_NOTE + _baseline_note(baselines, metric, split),
+        footnote=labels["footnote"],
         trial_columns=[
             "rung",
             "N",
@@ -182,13 +249,15 @@ def analyse(
             "seed",
             "epochs",
             "lr",
-            *dict.fromkeys([metric, metric.replace("/top1", "/top10"), SEEN_METRIC]),
+            *dict.fromkeys(labels["columns"]),
             "probe_selection",
             "probe/moa/best_layer",
             "compute/flops",
             "perf/trial_seconds",
         ],
         vis_panels=panels,
+        trial_runs=trial_runs,
+        sections=labels["sections"],
     )
     log_fits(tracker, experiment_id, parent_id, built.fits)
     report_run = tracker.child_run(

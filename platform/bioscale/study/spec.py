@@ -204,6 +204,35 @@ class TrackingSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnalysisSpec:
+    """How the study's report fits its curves (``study run``, ``study report``, ``demo``).
+
+    ``law``: the scaling law of every one-axis curve (``bioscale.scaling.laws.LAWS``: ``power``,
+    the saturating E + A·x^(−α); ``pure_power`` without the floor E, for curves too short to
+    identify one; ``log_linear``; ``m4``; ...), or ``auto`` (per curve, the law with the best
+    backtest on its own points). ``metric``: the column the report fits (default: the data's
+    primary metric, e.g. MoA top-1 on novel compounds)."""
+
+    law: str = "power"
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        from bioscale.scaling.laws import LAWS
+        from bioscale.scaling.selection import AUTO
+
+        if self.law != AUTO and self.law not in LAWS.names():
+            raise ConfigError(
+                f"analysis.law: unknown scaling law {self.law!r}; choose one of "
+                f"{', '.join([*LAWS.names(), AUTO])}"
+            )
+        if self.law != AUTO and LAWS.get(self.law).axes != 1:
+            raise ConfigError(
+                f"analysis.law: {self.law!r} is a joint (N, D) law; the report fits one-axis "
+                "curves: choose a one-axis law (fit joint laws with `bioscale fit --axis N,D`)"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class ComputeBudget:
     """A cap on a study's accelerator time, checked by ``bioscale study plan`` and ``run``.
 
@@ -241,6 +270,8 @@ class StudySpec:
     alignment: AlignmentConfig | None = None
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    #: how the report fits the study's curves (law, metric)
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     budget: ComputeBudget | None = None
     #: Ray Train/Tune storage (checkpoints): a folder every node shares, or s3:// / gs://;
     #: default ``<out>/ray_results``.
