@@ -145,6 +145,25 @@ def test_objective_comparison_gives_exponent_difference_and_crossover():
     # 1·x^−0.5 = 0.2·x^−0.2 at x = 5^(1/0.3) ≈ 214: ibp overtakes within the data
     assert cmp["crossover"] == pytest.approx(5 ** (1 / 0.3), rel=0.3)
     assert cmp["within_observed"] and cmp["leader_after"] == {"objective": "ibp"}
+    assert "excludes 0, ibp improves faster along D" in cmp["note"]
+
+
+def test_comparison_says_when_the_interval_includes_zero():
+    rows = []
+    for i, objective in enumerate(("ibp", "supervised")):  # one law, two noisy draws of it
+        rows += law_table(
+            "pure_power",
+            dict(A=1.0, alpha=0.3),
+            SCALES,
+            seeds=2,
+            noise=0.02,
+            group={"objective": objective},
+            rng=10 + i,
+        )
+    fits = fit_table(rows, metric="loss", law="pure_power", group=["objective"], n_boot=60).fits
+    (cmp,) = compare_fits(fits, "objective")
+    assert cmp["ci95"][0] < 0 < cmp["ci95"][1]
+    assert "includes 0, these runs do not tell the two exponents apart" in cmp["note"]
 
 
 def test_without_intervals_a_target_below_the_fitted_floor_is_unreachable():

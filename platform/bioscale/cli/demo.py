@@ -26,6 +26,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     for fit in analysis.fits:
         print(f"  · [{fit.axis[0]}] {describe_fit(fit, 'MoA top-1 (novel compounds)')}")
+    if analysis.comparisons:
+        print("objectives compared:")
+        for comparison in analysis.comparisons:
+            if comparison.get("note"):
+                print(f"  · {comparison['note']}")
     print_where(result, analysis)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
     return 1 if result.failed else 0

@@ -84,8 +84,30 @@ def compare(a: FitResult, b: FitResult) -> dict[str, Any]:
         out["p_crossover"] = float(np.mean(~np.isnan(cross)))
         if out["crossover"] is not None:
             out["crossover_ci95"] = percentile_interval(np.where(np.isnan(cross), np.inf, cross))
-    out["note"] = ""
+    out["note"] = exponent_verdict(out)
     return out
+
+
+def _name(group: dict[str, Any]) -> str:
+    return ", ".join(str(v) for v in group.values()) or "all"
+
+
+def exponent_verdict(c: dict[str, Any]) -> str:
+    """One sentence on whether two curves' exponents differ: their difference with its 95 %
+    interval, and whether that interval excludes zero."""
+    if c.get("difference") is None:
+        return c.get("note", "")
+    a, b = _name(c["a"]), _name(c["b"])
+    axis = ",".join(c["axis"])
+    diff = c["difference"]
+    ci = c.get("ci95")
+    if not ci or ci[0] is None or ci[1] is None:
+        return f"exponent along {axis}: {a} − {b} = {diff:+.3f} (no interval: too few scales)"
+    text = f"exponent along {axis}: {a} − {b} = {diff:+.3f}, 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    if ci[0] > 0 or ci[1] < 0:
+        faster = a if ci[0] > 0 else b
+        return f"{text}: excludes 0, {faster} improves faster along {axis}"
+    return f"{text}: includes 0, these runs do not tell the two exponents apart"
 
 
 def compare_by(fits: list[FitResult], column: str = "objective") -> list[dict[str, Any]]:
