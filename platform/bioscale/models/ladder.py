@@ -41,11 +41,12 @@ def rung_names() -> list[str]:
 
 
 def _load_builtin() -> None:
-    """Register the built-in ladders (profile MLP; timm image models). Importing them is cheap:
-    torch and timm load only when a rung is built."""
+    """Register the built-in ladders (profile MLP; timm image models; video models). Importing
+    them is cheap: torch and timm load only when a rung is built."""
     import bioscale.models.features
     import bioscale.models.mlp
-    import bioscale.models.timm_ladder  # noqa: F401
+    import bioscale.models.timm_ladder
+    import bioscale.models.video  # noqa: F401
 
 
 def count_parameters(module: nn.Module) -> int:
