@@ -1,5 +1,6 @@
 """FeatureTracker videos: the published generator's rules, checked against each video's ground
-truth, and the video manifest's round trip (write → inspect → read → decode)."""
+truth, the ground-truth masks against the frames, and the video manifest's round trip
+(write → inspect → read → decode)."""
 
 import colorsys
 import dataclasses
@@ -15,6 +16,8 @@ from bioscale.data import featuretracker as ft
 from bioscale.data.featuretracker import (
     CONDITIONS,
     END_COLOR,
+    MASK_CODES,
+    MASK_COLUMN,
     START_COLOR,
     VIDEO_COLUMNS,
     FeatureTrackerConfig,
@@ -23,8 +26,11 @@ from bioscale.data.featuretracker import (
     generate_featuretracker,
     generate_video,
     generator_config,
+    has_masks,
     inspect,
+    mask_frames,
     parse_condition,
+    read_masks,
     read_videos,
     video_shape,
 )
@@ -240,6 +246,118 @@ def test_frames_show_exactly_the_markers_and_objects(videos):
         assert np.mean(visible >= 1) > 0.98 and np.mean(visible >= 8) > 0.85
 
 
+# ---------------------------------------------------------------------- ground-truth masks
+
+BACKGROUND, MARKER, DISTRACTOR, TARGET = (
+    MASK_CODES[k] for k in ("background", "marker", "distractor", "target")
+)
+
+
+def test_mask_codes_are_the_four_groups():
+    assert MASK_CODES == {"background": 0, "marker": 1, "distractor": 2, "target": 3}
+
+
+def test_masks_label_what_the_frames_show(videos):
+    """Every pixel's code against the frame: background black, markers pure red or blue,
+    distractor cells a distractor's colour of that frame, target cells the target's."""
+    seen = {code: 0 for code in MASK_CODES.values()}
+    for frames, info in _all(videos):
+        mask = mask_frames(info, PUBLISHED)
+        assert mask.dtype == np.uint8 and mask.shape == frames.shape[:3]
+        assert (info["mask"] == mask).all()  # generate_video paints the same mask
+        lit = frames.max(axis=-1) > 0
+        assert (lit == (mask != BACKGROUND)).all()  # coded exactly where something is drawn
+        markers = frames[mask == MARKER]
+        red, blue = (markers == START_COLOR).all(axis=1), (markers == END_COLOR).all(axis=1)
+        assert (red | blue).all()
+        target_colour = np.broadcast_to(info["colors"][0][:, None, None], frames.shape)
+        assert (frames[mask == TARGET] == target_colour[mask == TARGET]).all()
+        for t in range(PUBLISHED.frames):
+            cells = frames[t][mask[t] == DISTRACTOR]  # (P, 3)
+            palette = info["colors"][1:, t]  # (D, 3) the distractors' colours in frame t
+            assert (cells[:, None, :] == palette[None]).all(axis=2).any(axis=1).all()
+            # the target is drawn last: all its live cells are target-coded
+            r, c = info["target"][t]
+            box = mask[t, r : r + PUBLISHED.box, c : c + PUBLISHED.box]
+            assert (box[info["shapes"][0, t]] == TARGET).all()
+        for code in seen:
+            seen[code] += int((mask == code).sum())
+    assert min(seen.values()) > 0
+
+
+def _published_mask_frames(info, frames: int, size: int) -> np.ndarray:
+    """(T, 3, H, W) bool, ``utils_drawing.plot_frame_mask``'s frames rebuilt box by box: channel
+    0 the markers' rims, 1 distractors, 2 the target, each object's cells clearing the channels
+    under them."""
+    box = info["box"]
+    rim = _rim_mask(box)
+    out = np.zeros((frames, 3, size, size), bool)
+    for r, c in (info["start_marker"], info["end_marker"]):
+        out[:, 0, r : r + box, c : c + box] |= rim
+    order = [(k + 1, 1) for k in range(len(info["distractors"]))] + [(0, 2)]
+    pos = _objects(info)
+    for t in range(frames):
+        for k, channel in order:
+            r, c = pos[k, t]
+            cells = info["shapes"][k, t]
+            window = out[t, :, r : r + box, c : c + box]  # (3, box, box) view
+            window[:, cells] = False
+            window[channel, cells] = True
+    return out
+
+
+def test_masks_are_the_published_mask_frames(videos):
+    """One-hot codes 1–3 equal the published mask frames' three channels (the layout the CV-RNN's
+    synchrony loss reads)."""
+    for vs in videos.values():
+        for _, info in vs[:6]:
+            mask = mask_frames(info, PUBLISHED)
+            one_hot = np.stack([mask == code for code in (MARKER, DISTRACTOR, TARGET)], axis=1)
+            expected = _published_mask_frames(info, PUBLISHED.frames, PUBLISHED.size)
+            assert one_hot.shape == expected.shape == (32, 3, 32, 32)
+            assert (one_hot == expected).all()
+
+
+def test_masks_are_deterministic_and_follow_the_paths_not_the_colours():
+    def video(color, look):
+        return generate_video(
+            np.random.default_rng(11),
+            shape="none",
+            color=color,
+            positive=True,
+            cfg=PUBLISHED,
+            appearance=np.random.default_rng(look),
+        )
+
+    (a, info_a), (b, info_b) = video("id", 1), video("ood", 2)
+    assert not (a == b).all()  # other colours …
+    assert (mask_frames(info_a, PUBLISHED) == mask_frames(info_b, PUBLISHED)).all()  # same groups
+    assert (mask_frames(info_a, PUBLISHED) == video("id", 1)[1]["mask"]).all()
+    # morphing shapes: the same streams give the same mask, another appearance stream another
+    grown = [
+        generate_video(
+            np.random.default_rng(11),
+            shape="id",
+            color="id",
+            positive=True,
+            cfg=PUBLISHED,
+            appearance=np.random.default_rng(look),
+        )[1]["mask"]
+        for look in (3, 3, 4)
+    ]
+    assert (grown[0] == grown[1]).all() and not (grown[0] == grown[2]).all()
+
+
+def test_mask_frames_refuses_an_info_of_another_config(videos):
+    _, info = videos["shape-id_color-id"][0]
+    with pytest.raises(ConfigError, match=r"frames=8.*pass the config that generated the video"):
+        mask_frames(info, dataclasses.replace(PUBLISHED, frames=8))
+    with pytest.raises(ConfigError, match="pass the config that generated the video"):
+        mask_frames(info, dataclasses.replace(PUBLISHED, size=12))
+    with pytest.raises(ConfigError, match="info lacks shapes"):
+        mask_frames({k: v for k, v in info.items() if k != "shapes"}, PUBLISHED)
+
+
 # ------------------------------------------------------------------- shape and colour rules
 
 
@@ -359,10 +477,16 @@ def _by_id(path):
     return dict(zip(table.column("sample_id").to_pylist(), videos, strict=True))
 
 
+def _masks_by_id(path):
+    table = pq.read_table(path)
+    masks = read_masks(table.column("path_mask").to_numpy(zero_copy_only=False), path.parent)
+    return dict(zip(table.column("sample_id").to_pylist(), masks, strict=True))
+
+
 def test_dataset_layout_and_label_balance(written):
     cfg, path, calls = written
     table = pq.read_table(path)
-    assert tuple(table.column_names) == VIDEO_COLUMNS
+    assert tuple(table.column_names) == (*VIDEO_COLUMNS, MASK_COLUMN)
     assert table.schema.field("label").type == pa.int8()
     rows = table.to_pylist()
     assert len(rows) == 10 + 2 * 4
@@ -383,8 +507,16 @@ def test_dataset_layout_and_label_balance(written):
         ]
     # shards of at most shard_size videos; path_video relative to the manifest's folder
     assert rows[7]["path_video"] == "shards/videos-00001.npy#0"
-    shards = sorted((path.parent / "shards").glob("*.npy"))
-    assert [np.load(s, mmap_mode="r").shape[0] for s in shards] == [7, 7, 4]
+    assert rows[7]["path_mask"] == "shards/masks-00001.npy#0"
+    shards = sorted((path.parent / "shards").glob("videos-*.npy"))
+    assert [np.load(s, mmap_mode="r").shape for s in shards] == [
+        (n, 8, 32, 32, 3) for n in (7, 7, 4)
+    ]
+    # one mask shard beside each video shard, rows in the same order (T, H, W) uint8
+    masks = sorted((path.parent / "shards").glob("masks-*.npy"))
+    assert [(m.dtype, m.shape) for m in map(np.load, masks)] == [
+        (np.uint8, (n, 8, 32, 32)) for n in (7, 7, 4)
+    ]
     assert calls == [(7, 18), (14, 18), (18, 18)]
     meta = table.schema.metadata
     assert meta[b"bioscale.kind"] == b"video"
@@ -407,10 +539,14 @@ def test_same_seed_same_bytes_and_smaller_sets_are_subsets(tmp_path, written):
             "test_conditions": SMALL["test_conditions"] + ",shape-id_color-none",
         }
     )
-    small, large = _by_id(path), _by_id(generate_featuretracker(bigger, tmp_path / "big"))
+    big = generate_featuretracker(bigger, tmp_path / "big")
+    small, large = _by_id(path), _by_id(big)
     assert set(small) < set(large)
     for sid, video in small.items():
         assert (large[sid] == video).all(), sid
+    small_masks, large_masks = _masks_by_id(path), _masks_by_id(big)
+    for sid, mask in small_masks.items():
+        assert (large_masks[sid] == mask).all(), sid
     # another seed, other videos; the manifest's bytes (the data lineage) change with the config
     other = generate_featuretracker(dataclasses.replace(cfg, seed=1), tmp_path / "other")
     assert other.read_bytes() != path.read_bytes()
@@ -445,14 +581,65 @@ def test_manifest_round_trips_through_inspect_read_and_decode(written):
     assert (out["label"] == batch["label"]).all() and (out["sample_id"] == batch["sample_id"]).all()
 
 
+def test_masks_round_trip_through_the_manifest_and_decode(tmp_path, written):
+    cfg, path, _ = written
+    assert has_masks(path)
+    table = pq.read_table(path)
+    pick = [12, 0, 8, 1]
+    rows = [table.slice(i, 1).to_pylist()[0] for i in pick]
+    videos = read_videos(np.array([r["path_video"] for r in rows], dtype=object), path.parent)
+    masks = read_masks(np.array([r["path_mask"] for r in rows], dtype=object), path.parent)
+    assert masks.dtype == np.uint8 and masks.shape == (4, 8, 32, 32)
+    # each row's mask is the mask of that row's video, regenerated from its seeds
+    for row, video, mask in zip(rows, videos, masks, strict=True):
+        index = int(row["sample_id"].rsplit("-", 1)[1])
+        shape, color = parse_condition(row["condition"])
+        frames, info = generate_video(
+            ft.video_seed(cfg.seed, row["group"], "paths", index),
+            shape=shape,
+            color=color,
+            positive=row["label"] == 1,
+            cfg=cfg,
+            appearance=ft.video_seed(cfg.seed, row["group"], row["condition"], index),
+        )
+        assert (frames == video).all()
+        assert (mask == mask_frames(info, cfg)).all()
+        assert ((video.max(axis=-1) > 0) == (mask > 0)).all()
+    batch = {
+        "sample_id": np.array([r["sample_id"] for r in rows], dtype=object),
+        "path_video": np.array([r["path_video"] for r in rows], dtype=object),
+        "path_mask": np.array([r["path_mask"] for r in rows], dtype=object),
+        "label": np.array([r["label"] for r in rows]),
+    }
+    out = decode_videos(batch, root=str(path.parent), masks=True)
+    assert set(out) == {"x", "mask", "sample_id", "label"}
+    assert out["mask"].dtype == np.uint8 and (out["mask"] == masks).all()
+    assert np.allclose(out["x"] * 255.0, videos.transpose(0, 1, 4, 2, 3))
+    plain = decode_videos(batch, root=str(path.parent))  # masks not asked for: path_mask dropped
+    assert set(plain) == {"x", "sample_id", "label"} and (plain["x"] == out["x"]).all()
+    no_column = {k: v for k, v in batch.items() if k != "path_mask"}
+    assert set(decode_videos(no_column, root=str(path.parent), masks=True)) == set(plain)
+    assert read_masks(np.array([], dtype=object), path.parent).shape == (0, 0, 0, 0)
+    # a manifest without masks (written before them) is still a valid video manifest
+    pq.write_table(table.drop_columns([MASK_COLUMN]), tmp_path / "plain.parquet")
+    assert not has_masks(tmp_path / "plain.parquet")
+    assert inspect(tmp_path / "plain.parquet").n_rows == 18
+
+
 def test_regenerating_in_place_drops_stale_shards_and_reads_the_new_videos(tmp_path):
     cfg = FeatureTrackerConfig(**{**SMALL, "shard_size": 2})
     path = generate_featuretracker(cfg, tmp_path)
     first = _by_id(path)["ft-train-000000"]
-    assert len(list((tmp_path / "shards").glob("*.npy"))) == 9
+    first_mask = _masks_by_id(path)["ft-train-000000"]
+    assert len(list((tmp_path / "shards").glob("videos-*.npy"))) == 9
+    assert len(list((tmp_path / "shards").glob("masks-*.npy"))) == 9
     path = generate_featuretracker(dataclasses.replace(cfg, shard_size=100, seed=5), tmp_path)
-    assert [p.name for p in (tmp_path / "shards").iterdir()] == ["videos-00000.npy"]
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        "masks-00000.npy",
+        "videos-00000.npy",
+    ]
     assert not (_by_id(path)["ft-train-000000"] == first).all()  # not a stale cached shard
+    assert not (_masks_by_id(path)["ft-train-000000"] == first_mask).all()
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -485,6 +672,20 @@ def test_missing_or_broken_data_is_named(tmp_path, written):
         ManifestError, match=re.escape("group must be one of train, test, got ['seen']")
     ):
         inspect(tmp_path / "grp.parquet")
+    with pytest.raises(ManifestError, match=re.escape("masks-00009.npy does not exist")):
+        read_masks(np.array(["shards/masks-00009.npy#0"], dtype=object), root)
+    with pytest.raises(ManifestError, match=re.escape("holds 4 masks; path_mask asks for row 5")):
+        read_masks(np.array(["shards/masks-00002.npy#5"], dtype=object), root)
+    with pytest.raises(ManifestError, match=re.escape("not uint8 (n, T, H, W)")):
+        read_masks(np.array(["shards/videos-00000.npy#0"], dtype=object), root)
+    with pytest.raises(ManifestError, match=re.escape("path_mask 'm' is not '<shard>.npy#<row>'")):
+        read_masks(np.array(["m"], dtype=object), root)
+    ints = table.set_column(5, MASK_COLUMN, pa.array(range(table.num_rows)))
+    pq.write_table(ints.replace_schema_metadata(table.schema.metadata), tmp_path / "ints.parquet")
+    with pytest.raises(
+        ManifestError, match=re.escape("path_mask must hold '<shard>.npy#<row>' strings")
+    ):
+        inspect(tmp_path / "ints.parquet")
     pq.write_table(table.replace_schema_metadata({}), tmp_path / "meta.parquet")
     with pytest.raises(ManifestError, match=re.escape("bioscale.video_shape must read 'T,H,W,3'")):
         inspect(tmp_path / "meta.parquet")

@@ -32,6 +32,9 @@ defaults from ``gen_stim.sh``), written anew in numpy:
   the distractors in order and the target last, each cell overwriting what lies under it.
 - negatives (``generate_data.py``): the end marker goes to the end of the distractor nearest
   (Euclidean, in pixels) the target's end.
+- ground-truth masks (``utils_drawing.plot_frame_mask``, the groups of the CV-RNN's synchrony
+  loss): drawn in the same order as the frames, one ``MASK_CODES`` label a pixel: 1 the markers'
+  rims, 2 a distractor's live cell, 3 the target's, 0 the rest.
 
 Where bioscale departs from the published code: (1) the published code also draws the nearest
 distractor a second time under another shape and colour (``coordinates_3``), so one object is the
@@ -46,10 +49,12 @@ first k training videos of a larger pool are those of a smaller one, and test vi
 same paths in every condition (as the published test sets do), so the conditions' accuracies are
 paired. Label: even indices are positives, odd ones negatives.
 
-Manifest (the ``video`` kind): ``sample_id, path_video, label, condition, group``; ``path_video``
-is ``<shard>.npy#<row>`` relative to the manifest's folder (absolute paths are read too); each
-shard is a uint8 (n, T, H, W, 3) array. ``group``: ``train`` (the pool diets draw from, in the
-training condition) or ``test`` (held-out videos of every test condition).
+Manifest (the ``video`` kind): ``sample_id, path_video, label, condition, group`` and, in
+manifests that carry masks, ``path_mask``; ``path_video`` (``path_mask``) is ``<shard>.npy#<row>``
+relative to the manifest's folder (absolute paths are read too); each video shard is a uint8
+(n, T, H, W, 3) array, each mask shard a uint8 (n, T, H, W) array of ``MASK_CODES`` with the same
+rows. ``group``: ``train`` (the pool diets draw from, in the training condition) or ``test``
+(held-out videos of every test condition).
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ SHAPE_LEVELS = ("none", "id", "ood")
 COLOR_LEVELS = ("none", "id", "ood")
 GROUPS = ("train", "test")
 VIDEO_COLUMNS = ("sample_id", "path_video", "label", "condition", "group")
+#: The optional column after ``VIDEO_COLUMNS``: each video's mask, ``<shard>.npy#<row>``.
+MASK_COLUMN = "path_mask"
+#: Labels of a mask pixel (``mask_frames``); 1–3 are the published mask frames' channels 0–2.
+MASK_CODES = {"background": 0, "marker": 1, "distractor": 2, "target": 3}
 #: Parquet schema-metadata keys of a video manifest.
 META_KIND = b"bioscale.kind"
 META_VIDEO_SHAPE = b"bioscale.video_shape"
@@ -411,19 +420,76 @@ def _draw(
     cfg: FeatureTrackerConfig,
     positions: np.ndarray,
     shapes: np.ndarray,
-    colors: np.ndarray,
+    colors: np.ndarray | None,
     start: np.ndarray,
     end: np.ndarray,
-) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames (``plot_frame``): markers, distractors in order, target last."""
-    frames = np.zeros(cfg.video_shape, dtype=np.uint8)
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(T, H, W, 3) uint8 frames (``plot_frame``) and (T, H, W) uint8 ``MASK_CODES``
+    (``plot_frame_mask``), painted together: markers, distractors in order, target last, each
+    over what lies under it. ``colors`` ``None``: the mask alone (frames ``None``)."""
+    frames = None if colors is None else np.zeros(cfg.video_shape, dtype=np.uint8)
+    mask = np.zeros(cfg.video_shape[:3], dtype=np.uint8)
     rows, cols = _rim(cfg.box)
-    frames[:, start[0] + rows, start[1] + cols] = START_COLOR
-    frames[:, end[0] + rows, end[1] + cols] = END_COLOR
+    for marker, color in ((start, START_COLOR), (end, END_COLOR)):
+        r, c = marker[0] + rows, marker[1] + cols
+        mask[:, r, c] = MASK_CODES["marker"]
+        if frames is not None:
+            frames[:, r, c] = color
     for k in [*range(1, len(positions)), 0]:
         t, i, j = np.nonzero(shapes[k])
-        frames[t, positions[k, t, 0] + i, positions[k, t, 1] + j] = colors[k, t]
-    return frames
+        r, c = positions[k, t, 0] + i, positions[k, t, 1] + j
+        mask[t, r, c] = MASK_CODES["target" if k == 0 else "distractor"]
+        if frames is not None:
+            frames[t, r, c] = colors[k, t]
+    return frames, mask
+
+
+def mask_frames(info: dict, cfg: FeatureTrackerConfig) -> np.ndarray:
+    """A video's ground-truth groups, (T, H, W) uint8 ``MASK_CODES``, from its ``info``
+    (``generate_video``): the published mask frames (``plot_frame_mask``; channel c of theirs is
+    code c + 1 here), painted by the loops that paint the frames.
+
+    Args:
+        info: ``generate_video``'s ground truth (``target``, ``distractors``, ``shapes``,
+            ``start_marker``, ``end_marker``).
+        cfg: the config that generated the video (frames, size, box).
+    """
+    missing = [
+        k
+        for k in ("target", "distractors", "shapes", "start_marker", "end_marker")
+        if k not in info
+    ]
+    if missing:
+        raise ConfigError(
+            f"mask_frames: info lacks {', '.join(missing)}; pass the info generate_video returns"
+        )
+    target, distractors = np.asarray(info["target"]), np.asarray(info["distractors"])
+    if target.ndim != 2 or distractors.ndim != 3 or distractors.shape[1:] != target.shape:
+        raise ConfigError(
+            f"mask_frames: info's target {target.shape} and distractors {distractors.shape} "
+            "must be (T, 2) and (D, T, 2) pixels; pass the info generate_video returns"
+        )
+    positions = np.concatenate([target[None], distractors]).astype(np.int64)
+    shapes = np.asarray(info["shapes"], dtype=bool)
+    start = np.asarray(info["start_marker"], dtype=np.int64).reshape(2)
+    end = np.asarray(info["end_marker"], dtype=np.int64).reshape(2)
+    objects = len(positions)
+    want_positions = (objects, cfg.frames, 2)
+    want_shapes = (objects, cfg.frames, cfg.box, cfg.box)
+    if positions.shape != want_positions or shapes.shape != want_shapes:
+        raise ConfigError(
+            f"mask_frames: info holds positions {positions.shape} and shapes {shapes.shape}, "
+            f"the config {want_positions} and {want_shapes} (frames={cfg.frames}, "
+            f"radius={cfg.radius}); pass the config that generated the video"
+        )
+    room = cfg.size - cfg.box
+    corners = np.concatenate([positions.reshape(-1, 2), start[None], end[None]])
+    if corners.min() < 0 or corners.max() > room:
+        raise ConfigError(
+            f"mask_frames: info places boxes outside [0, {room}] (size={cfg.size}, "
+            f"radius={cfg.radius}); pass the config that generated the video"
+        )
+    return _draw(cfg, positions, shapes, None, start, end)[1]
 
 
 def generate_video(
@@ -451,7 +517,8 @@ def generate_video(
         ``start_marker``/``end_marker`` (2,) top-left pixels of the markers, ``nearest`` (the
         distractor ending nearest the target's end, not on its pixel), ``shapes`` (1 + D, T, G, G)
         bool cells (object 0 the target), ``colors`` (1 + D, T, 3) uint8, ``hues`` (1 + D, T)
-        degrees or ``None``, ``label``, ``shape``, ``color``, ``box``.
+        degrees or ``None``, ``label``, ``shape``, ``color``, ``box``, ``mask`` (T, H, W) uint8
+        ``MASK_CODES`` (``mask_frames``).
     """
     condition_name(shape, color)
     n = 1 + cfg.distractors
@@ -465,7 +532,7 @@ def generate_video(
     colors, hues = _colors(look, n, color, cfg)
     start = positions[0, 0]
     end = positions[0, -1] if positive else positions[1 + nearest, -1]
-    frames = _draw(cfg, positions, shapes, colors, start, end)
+    frames, mask = _draw(cfg, positions, shapes, colors, start, end)
     info = {
         "target": positions[0],
         "distractors": positions[1:],
@@ -479,6 +546,7 @@ def generate_video(
         "shape": shape,
         "color": color,
         "box": cfg.box,
+        "mask": mask,
     }
     return frames, info
 
@@ -507,8 +575,15 @@ def sample_id(group: str, condition: str, index: int) -> str:
 
 def render(cfg: FeatureTrackerConfig, group: str, condition: str, index: int) -> np.ndarray:
     """Video ``index`` of ``group`` in ``condition`` as the dataset holds it (T, H, W, 3) uint8."""
+    return _generate(cfg, group, condition, index)[0]
+
+
+def _generate(
+    cfg: FeatureTrackerConfig, group: str, condition: str, index: int
+) -> tuple[np.ndarray, dict]:
+    """``generate_video`` of the dataset's video ``index`` of ``group`` in ``condition``."""
     shape, color = parse_condition(condition)
-    frames, _ = generate_video(
+    return generate_video(
         video_seed(cfg.seed, group, "paths", index),
         shape=shape,
         color=color,
@@ -516,7 +591,6 @@ def render(cfg: FeatureTrackerConfig, group: str, condition: str, index: int) ->
         cfg=cfg,
         appearance=video_seed(cfg.seed, group, condition, index),
     )
-    return frames
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
@@ -534,6 +608,7 @@ def manifest_schema(cfg: FeatureTrackerConfig) -> pa.Schema:
         pa.field("label", pa.int8()),
         pa.field("condition", pa.string()),
         pa.field("group", pa.string()),
+        pa.field(MASK_COLUMN, pa.string()),
     ]
     meta = {
         META_KIND: b"video",
@@ -548,28 +623,38 @@ def generate_featuretracker(
     out: str | Path,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Write ``out/manifest.parquet`` and ``out/shards/videos-00000.npy``, … (each a uint8
-    (n, T, H, W, 3) array of at most ``shard_size`` videos, written atomically; the manifest last,
-    then shards a previous, larger run left behind are removed). ``progress(done, total)`` after
-    every shard. Returns the manifest's path."""
+    """Write ``out/manifest.parquet``, ``out/shards/videos-00000.npy``, … (each a uint8
+    (n, T, H, W, 3) array of at most ``shard_size`` videos) and ``out/shards/masks-00000.npy``, …
+    (their ``mask_frames``, uint8 (n, T, H, W), the same rows), each written atomically; the
+    manifest last, then shards a previous, larger run left behind are removed.
+    ``progress(done, total)`` after every shard. Returns the manifest's path.
+
+    Disk: T·H·W·3 bytes a video and T·H·W its mask, 96 KiB + 32 KiB at the published sizes
+    (32 frames of 32 × 32), about 128 MiB per 1000 videos."""
     out = Path(out)
     shards = out / SHARDS
     shards.mkdir(parents=True, exist_ok=True)
     plan = _plan(cfg)
-    columns: dict[str, list] = {c: [] for c in VIDEO_COLUMNS}
-    buffer = np.empty((min(cfg.shard_size, len(plan)), *cfg.video_shape), dtype=np.uint8)
+    columns: dict[str, list] = {c: [] for c in (*VIDEO_COLUMNS, MASK_COLUMN)}
+    rows_per_shard = min(cfg.shard_size, len(plan))
+    buffer = np.empty((rows_per_shard, *cfg.video_shape), dtype=np.uint8)
+    mask_buffer = np.empty((rows_per_shard, *cfg.video_shape[:3]), dtype=np.uint8)
     written = 0
     for start in range(0, len(plan), cfg.shard_size):
         chunk = plan[start : start + cfg.shard_size]
         name = f"videos-{start // cfg.shard_size:05d}.npy"
+        mask_name = f"masks-{start // cfg.shard_size:05d}.npy"
         for row, (group, condition, index) in enumerate(chunk):
-            buffer[row] = render(cfg, group, condition, index)
+            buffer[row], info = _generate(cfg, group, condition, index)
+            mask_buffer[row] = info["mask"]
             columns["sample_id"].append(sample_id(group, condition, index))
             columns["path_video"].append(f"{SHARDS}/{name}#{row}")
             columns["label"].append(1 if index % 2 == 0 else 0)
             columns["condition"].append(condition)
             columns["group"].append(group)
+            columns[MASK_COLUMN].append(f"{SHARDS}/{mask_name}#{row}")
         _save_atomic(shards / name, buffer[: len(chunk)])
+        _save_atomic(shards / mask_name, mask_buffer[: len(chunk)])
         written += 1
         if progress is not None:
             progress(start + len(chunk), len(plan))
@@ -579,8 +664,8 @@ def generate_featuretracker(
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, row_group_size=1024)
     os.replace(tmp, path)
-    for stale in shards.glob("videos-*.npy"):
-        found = re.fullmatch(r"videos-(\d+)\.npy", stale.name)
+    for stale in shards.glob("*.npy"):
+        found = re.fullmatch(r"(?:videos|masks)-(\d+)\.npy", stale.name)
         if found is not None and int(found.group(1)) >= written:
             stale.unlink()
     return path
@@ -639,6 +724,13 @@ def inspect(path: str | Path):
             f"video manifest {path} lacks column(s) {', '.join(missing)}; it needs "
             f"{', '.join(VIDEO_COLUMNS)} (write it with `bioscale data synth featuretracker`)"
         )
+    if MASK_COLUMN in schema.names:  # optional: manifests written before masks lack it
+        kind_of = schema.field(MASK_COLUMN).type
+        if not (pa.types.is_string(kind_of) or pa.types.is_large_string(kind_of)):
+            raise ManifestError(
+                f"video manifest {path}: {MASK_COLUMN} must hold '<shard>.npy#<row>' strings, "
+                f"not {kind_of}; regenerate it with `bioscale data synth featuretracker`"
+            )
     kind = (schema.metadata or {}).get(META_KIND)
     if kind is not None and kind != b"video":
         raise ManifestError(
@@ -672,68 +764,120 @@ def inspect(path: str | Path):
     )
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """What a manifest column points at: ``path_video`` → videos, ``path_mask`` → masks."""
+
+    noun: str  # "video" or "mask"
+    column: str
+    layout: str  # the shard array's shape, in words
+    ndim: int  # of a shard array
+    channels: int | None  # its last axis, if fixed
+
+    @property
+    def empty(self) -> tuple[int, ...]:
+        """The shape read back for no values: (0, 0, 0, 0, 3) videos, (0, 0, 0, 0) masks."""
+        if self.channels is None:
+            return (0,) * self.ndim
+        return (0,) * (self.ndim - 1) + (self.channels,)
+
+
+_VIDEOS = _Stored("video", "path_video", "(n, T, H, W, 3)", 5, 3)
+_MASKS = _Stored("mask", MASK_COLUMN, "(n, T, H, W)", 4, None)
+
+
 @lru_cache(maxsize=64)
 def _open_shard(path: str, mtime_ns: int, size: int) -> np.ndarray:
     """A shard, memory-mapped (cached per file version: a rewritten shard is opened anew)."""
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise ManifestError(f"video shard {path} is unreadable: {err}") from err
+        raise ManifestError(f"shard {path} is unreadable: {err}") from err
 
 
-def _shard(path: Path) -> np.ndarray:
+def _shard(path: Path, stored: _Stored) -> np.ndarray:
     try:
         stat = path.stat()
     except FileNotFoundError:
         raise ManifestError(
-            f"video shard {path} does not exist; regenerate the dataset "
-            "(`bioscale data synth featuretracker`) or fix path_video"
+            f"{stored.noun} shard {path} does not exist; regenerate the dataset "
+            f"(`bioscale data synth featuretracker`) or fix {stored.column}"
         ) from None
     array = _open_shard(str(path), stat.st_mtime_ns, stat.st_size)
-    if array.ndim != 5 or array.shape[-1] != 3 or array.dtype != np.uint8:
+    if (
+        array.ndim != stored.ndim
+        or (stored.channels is not None and array.shape[-1] != stored.channels)
+        or array.dtype != np.uint8
+    ):
         raise ManifestError(
-            f"video shard {path} holds {array.dtype} {array.shape}, not uint8 (n, T, H, W, 3)"
+            f"{stored.noun} shard {path} holds {array.dtype} {array.shape}, not uint8 "
+            f"{stored.layout}"
         )
     return array
 
 
-def read_videos(paths: np.ndarray, root: str | Path) -> np.ndarray:
-    """``path_video`` values (``<file>#<row>``, relative to ``root`` or absolute) → uint8
-    (B, T, H, W, 3); each shard is opened once (memory-mapped, cached) and read with one fancy
-    index. No values: an empty (0, 0, 0, 0, 3) array."""
+def _read(paths: np.ndarray, root: str | Path, stored: _Stored) -> np.ndarray:
+    """``<file>#<row>`` values → the stacked rows; each shard opened once, one fancy index."""
     root = Path(root)
     refs = np.asarray(paths, dtype=object).reshape(-1)
     where: dict[Path, list[tuple[int, int]]] = {}
     for i, ref in enumerate(refs):
         file, sep, row = str(ref).rpartition("#")
         if not sep or not row.isdigit():
-            raise ManifestError(f"path_video {ref!r} is not '<shard>.npy#<row>'")
+            raise ManifestError(f"{stored.column} {ref!r} is not '<shard>.npy#<row>'")
         where.setdefault((root / file).resolve(), []).append((i, int(row)))
-    out = np.empty((0, 0, 0, 0, 3), dtype=np.uint8)
+    out = np.empty(stored.empty, dtype=np.uint8)
     for n, (file, picks) in enumerate(where.items()):
-        shard = _shard(file)
+        shard = _shard(file, stored)
         rows = np.array([r for _, r in picks])
         if rows.max() >= len(shard):
             raise ManifestError(
-                f"video shard {file} holds {len(shard)} videos; path_video asks for row "
-                f"{int(rows.max())} (regenerate the dataset or fix path_video)"
+                f"{stored.noun} shard {file} holds {len(shard)} {stored.noun}s; {stored.column} "
+                f"asks for row {int(rows.max())} (regenerate the dataset or fix {stored.column})"
             )
         if n == 0:
             out = np.empty((len(refs), *shard.shape[1:]), dtype=np.uint8)
         elif out.shape[1:] != shard.shape[1:]:
             raise ManifestError(
-                f"video shard {file} holds videos of {shard.shape[1:]}, others {out.shape[1:]}"
+                f"{stored.noun} shard {file} holds {stored.noun}s of {shard.shape[1:]}, others "
+                f"{out.shape[1:]}"
             )
         order = np.argsort(rows, kind="stable")  # ascending rows: a forward pass over the map
         out[np.array([i for i, _ in picks])[order]] = shard[rows[order]]
     return out
 
 
-def decode_videos(batch: dict[str, np.ndarray], *, root: str) -> dict[str, np.ndarray]:
+def read_videos(paths: np.ndarray, root: str | Path) -> np.ndarray:
+    """``path_video`` values (``<file>#<row>``, relative to ``root`` or absolute) → uint8
+    (B, T, H, W, 3); each shard is opened once (memory-mapped, cached) and read with one fancy
+    index. No values: an empty (0, 0, 0, 0, 3) array."""
+    return _read(paths, root, _VIDEOS)
+
+
+def read_masks(paths: np.ndarray, root: str | Path) -> np.ndarray:
+    """``path_mask`` values (``<file>#<row>``, relative to ``root`` or absolute) → uint8
+    (B, T, H, W) ``MASK_CODES``, read as ``read_videos`` reads videos. No values: an empty
+    (0, 0, 0, 0) array."""
+    return _read(paths, root, _MASKS)
+
+
+def has_masks(path: str | Path) -> bool:
+    """Whether a video manifest carries ground-truth masks (a ``path_mask`` column)."""
+    return MASK_COLUMN in _schema(path).names
+
+
+def decode_videos(
+    batch: dict[str, np.ndarray], *, root: str, masks: bool = False
+) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` (numpy format): ``path_video`` → ``x`` (B, T, 3, H, W) float32 in
-    [0, 1]; the other columns pass through."""
+    [0, 1]; with ``masks`` and a ``path_mask`` column, ``path_mask`` → ``mask`` (B, T, H, W)
+    uint8 ``MASK_CODES`` (without ``masks`` ``path_mask`` is dropped); the other columns pass
+    through."""
     videos = read_videos(batch["path_video"], root)  # (B, T, H, W, 3) uint8
     x = videos.transpose(0, 1, 4, 2, 3).astype(np.float32) / np.float32(255.0)
-    out = {name: values for name, values in batch.items() if name != "path_video"}
+    dropped = ("path_video", MASK_COLUMN)
+    out = {name: values for name, values in batch.items() if name not in dropped}
     out["x"] = np.ascontiguousarray(x)
+    if masks and MASK_COLUMN in batch:
+        out["mask"] = read_masks(batch[MASK_COLUMN], root)
     return out

@@ -143,6 +143,13 @@ class Objective:
 
         return nn.ModuleDict({col: nn.Linear(embed_dim, n) for col, n in labels.items()})
 
+    def extra_inputs(
+        self, input_shape: tuple[int, ...], n: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Batch columns beyond ``x`` and the labels that ``loss_terms`` reads, random, for a
+        measurement batch of ``n`` samples (FLOPs of one step); default none."""
+        return {}
+
     def loss_terms(
         self, model: nn.Module, batch: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:

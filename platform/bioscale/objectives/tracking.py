@@ -3,7 +3,8 @@
 FeatureTracker (arXiv 2410.02094; SEEDS §3) trains a video network on that binary question with
 binary cross-entropy on one logit (``bce``). A backbone that carries auxiliary loss terms of its
 own sets them after each forward as ``aux_terms`` (the CV-RNN's phase-synchrony term,
-``bioscale.models.video``); each is added to the loss with its weight from ``aux_weights``
+``bioscale.models.video``, which reads the ground-truth groups of every frame: the batch's
+``mask``); each is added to the loss with its weight from ``aux_weights``
 (default 1.0) and logged as its own ``train/<term>`` and ``val/<term>``. Early stopping selects on
 ``bce``: how well the video is answered, not how well an auxiliary term is met.
 
@@ -19,6 +20,16 @@ import numpy as np
 
 from bioscale.objectives.base import Objective
 from bioscale.objectives.registry import register
+
+
+def group_masks(mask):
+    """Per-pixel group codes (B, T, H, W) (``bioscale.data.featuretracker.MASK_CODES``: 0
+    background, 1 marker, 2 distractor, 3 target) → (B, T, 3, H, W) float one-hot channels
+    markers / distractors / target, the layout of the published mask frames."""
+    import torch.nn.functional as F
+
+    return F.one_hot(mask.long(), 4)[..., 1:].permute(0, 1, 4, 2, 3).float()
+
 
 #: The label that answers "yes, the target ends on the end marker" (class 1 of the ``y`` head).
 POSITIVE = "positive"
@@ -65,15 +76,26 @@ class Tracking(Objective):
 
         return nn.ModuleDict({"y": nn.Linear(embed_dim, 1)})
 
+    def extra_inputs(self, input_shape, n: int, generator) -> dict:
+        """A measurement batch's ground-truth groups (``mask``), so a step's FLOPs include the
+        auxiliary terms that read them."""
+        import torch
+
+        frames, _, height, width = input_shape
+        return {"mask": torch.randint(0, 4, (n, frames, height, width), generator=generator)}
+
     def loss_terms(self, model, batch):
         import torch.nn.functional as F
 
-        _, logits = model(batch["x"])
+        inputs = {}
+        backbone = getattr(model, "module", model).backbone
+        if "masks" in getattr(backbone, "aux_inputs", ()) and "mask" in batch:
+            inputs["masks"] = group_masks(batch["mask"])
+        _, logits = model(batch["x"], **inputs)
         bce = F.binary_cross_entropy_with_logits(
             logits["y"].reshape(-1).float(), batch["y"].float()
         )
         terms = {"bce": bce}
-        backbone = getattr(model, "module", model).backbone
         total = bce
         for name, term in getattr(backbone, "aux_terms", {}).items():
             weight = self.params.aux_weights.get(name, 1.0)

@@ -505,12 +505,16 @@ def plot_condition_curves(
             1, len(panels), figsize=(1.5 + 3.6 * len(panels), 3.6), dpi=120, squeeze=False
         )
         for ax, (where, chosen) in zip(axes[0], panels, strict=True):
+            scales: set[float] = set()
             for i, (col, label) in enumerate(metrics.items()):
                 xs, ys = _mean_by(chosen, column, col)
                 if len(xs):
                     ax.plot(xs, ys, "o-", color=cmap(i % 10), ms=3, lw=1.2, label=label)
+                    scales.update(xs.tolist())
             ax.set_xscale("log")
-            ax.set_xlabel(AXIS_LABELS[axis], fontsize=8)
+            ax.set_xticks(sorted(scales), [f"{v:,.0f}" for v in sorted(scales)], fontsize=7)
+            ax.minorticks_off()
+            ax.set_xlabel("training samples D" if axis == "D" else AXIS_LABELS[axis], fontsize=8)
             ax.set_title(where, fontsize=9)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(ylabel, fontsize=8)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,6 +101,12 @@ class DataSpec:
         kind.validate(self)  # which of the settings below apply to this kind of sample
         if kind.default_splits is not None and self.splits == SplitConfig():
             object.__setattr__(self, "splits", kind.default_splits)  # e.g. videos: no probe wells
+        if not kind.probes:  # no probes run on this data: probe roles would only take samples
+            object.__setattr__(
+                self,
+                "splits",
+                replace(self.splits, probe_train=0, probe_val=0, probe_test=0),
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

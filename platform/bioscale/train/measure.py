@@ -84,6 +84,7 @@ def _measure_size_and_flops(request: dict[str, Any]) -> list[Any]:
     batch = {"x": torch.randn(4, *input_shape, generator=gen)}
     for col, n in num_classes.items():
         batch[col] = torch.randint(0, max(n, 1), (4,), generator=gen)
+    batch |= objective.extra_inputs(input_shape, 4, gen)  # e.g. the CV-RNN's ground truth
     if objective.needs_maps:  # every image with a map: the most a step can cost
         batch["map"] = torch.rand(4, *input_shape[1:], generator=gen)
         batch["has_map"] = torch.ones(4, dtype=torch.bool)

@@ -22,15 +22,19 @@ from bioscale.train.precision import StepNumerics
 
 
 class Network(nn.Module):
-    """Backbone + objective heads; ``forward(x) → (embedding, {head: logits})``."""
+    """Backbone + objective heads; ``forward(x) → (embedding, {head: logits})``. Keyword inputs
+    (``forward(x, masks=...)``) go to the backbone: what a backbone's auxiliary loss terms read
+    (the CV-RNN's ground-truth groups), passed through the module DDP wraps."""
 
     def __init__(self, backbone: nn.Module, heads: nn.ModuleDict) -> None:
         super().__init__()
         self.backbone = backbone
         self.heads = heads
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        emb = self.backbone(x)
+    def forward(
+        self, x: torch.Tensor, **inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        emb = self.backbone(x, **inputs) if inputs else self.backbone(x)
         return emb, {name: head(emb) for name, head in self.heads.items()}
 
 

@@ -161,61 +161,76 @@ class Video(DataKind):
         """The training videos are gathered from their shards by Ray Data tasks and held in the
         object store; validation and test videos are read in this process (two fewer Ray Data
         executions per trial)."""
+        from bioscale.data.featuretracker import MASK_COLUMN, has_masks
         from bioscale.data.pipeline import read_parquet, select_rows
 
         root = str(Path(manifest).resolve().parent)
         ids = index.sample_id
-        rows = read_parquet(
-            str(manifest), columns=["sample_id", "path_video"], num_cpus=cpus.select
-        )
+        # the ground-truth groups of every frame travel with training and validation videos
+        # (the CV-RNN's synchrony term reads them), never with the test videos
+        masks = has_masks(manifest)
+        keep = ["sample_id", "path_video", *([MASK_COLUMN] if masks else [])]
+        rows = read_parquet(str(manifest), columns=keep, num_cpus=cpus.select)
+        # test videos in a fixed shuffled order: every evaluation batch mixes conditions and
+        # answers, so a network that normalises with batch statistics (the CV-RNN, as published)
+        # cannot adapt its threshold to one condition's batch
+        mixed = np.random.default_rng(0).permutation(len(sets.probe.rows))
         train = select_rows(
-            rows,
-            ids[sets.train.rows],
-            sets.train.columns,
-            ["sample_id", "path_video"],
-            cpus_per_task=cpus.select,
+            rows, ids[sets.train.rows], sets.train.columns, keep, cpus_per_task=cpus.select
         ).map_batches(
             _decode,
             batch_format="numpy",
             batch_size=32,
             num_cpus=cpus.select,
-            fn_kwargs={"root": root},
+            fn_kwargs={"root": root, "masks": masks},
         )
         return {
             "train": train.materialize(),
-            "val": _video_rows(manifest, root, ids[sets.val.rows], sets.val.columns),
-            "probe": _video_rows(manifest, root, ids[sets.probe.rows], sets.probe.columns),
+            "val": _video_rows(manifest, root, ids[sets.val.rows], sets.val.columns, masks),
+            "probe": _video_rows(
+                manifest,
+                root,
+                ids[sets.probe.rows][mixed],
+                {k: v[mixed] for k, v in sets.probe.columns.items()},
+                False,
+            ),
         }
 
 
-def _decode(batch: dict[str, np.ndarray], *, root: str) -> dict[str, np.ndarray]:
+def _decode(batch: dict[str, np.ndarray], *, root: str, masks: bool) -> dict[str, np.ndarray]:
     from bioscale.data.featuretracker import decode_videos
 
-    out = decode_videos(batch, root=root)
+    out = decode_videos(batch, root=root, masks=masks)
     out.pop("sample_id", None)
     return out
 
 
-def _video_rows(manifest: str, root: str, sample_ids: np.ndarray, labels: dict[str, np.ndarray]):
-    """A small labelled set of videos as a Ray Dataset, in ``sample_ids`` order."""
+def _video_rows(
+    manifest: str, root: str, sample_ids: np.ndarray, labels: dict[str, np.ndarray], masks: bool
+):
+    """A small labelled set of videos (with their ground-truth ``mask`` when ``masks``) as a Ray
+    Dataset, in ``sample_ids`` order."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     import ray.data
     from ray.data.extensions import ArrowTensorArray
 
-    from bioscale.data.featuretracker import decode_videos
+    from bioscale.data.featuretracker import MASK_COLUMN, decode_videos
 
     wanted = pa.array(list(sample_ids), type=pa.string())
+    paths = ["path_video", *([MASK_COLUMN] if masks else [])]
     table = pq.read_table(
-        manifest,
-        columns=["sample_id", "path_video"],
-        filters=pc.field("sample_id").isin(wanted),
+        manifest, columns=["sample_id", *paths], filters=pc.field("sample_id").isin(wanted)
     )
     pos = pc.index_in(wanted, value_set=table.column("sample_id")).to_numpy(zero_copy_only=False)
-    paths = np.asarray(table.column("path_video").to_pylist(), dtype=object)[pos]
-    x = decode_videos({"path_video": paths}, root=root)["x"]
-    columns = {"x": ArrowTensorArray.from_numpy(np.ascontiguousarray(x, dtype=np.float32))}
+    batch = {c: np.asarray(table.column(c).to_pylist(), dtype=object)[pos] for c in paths}
+    decoded = decode_videos(batch, root=root, masks=masks)
+    columns = {
+        k: ArrowTensorArray.from_numpy(np.ascontiguousarray(decoded[k]))
+        for k in ("x", "mask")
+        if k in decoded
+    }
     columns |= {k: pa.array(np.asarray(v, dtype=np.int64)) for k, v in labels.items()}
     return ray.data.from_arrow(pa.table(columns))
 
