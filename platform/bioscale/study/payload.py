@@ -77,6 +77,12 @@ def build_datasets(
     when the trial's alignment reads human maps (``maps``), ``held_out`` (the probe-test images).
     ``prepared``: the kind's study-wide state (``DataKind.prepare``), computed here if ``None``
     and the kind has any (so a single trial's datasets can be rebuilt after the fact)."""
+    from ray.data import DataContext
+
+    # the datasets' rows come out in the order their tasks were given, not the order they
+    # finished in: a trial's epochs (a seeded shuffle of that order) are then the same on every
+    # run, and so are its numbers
+    DataContext.get_current().execution_options.preserve_order = True
     sets = TrialSets(
         train=data.train,
         val=data.val,
