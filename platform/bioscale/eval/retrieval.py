@@ -58,7 +58,7 @@ def map_against_controls(
         ``{"map": .., "fraction_retrieved": ..}``, or ``None`` when no query has a positive.
     """
     import pandas as pd
-    from copairs.map import average_precision, mean_average_precision
+    from copairs.map import average_precision
 
     controls = np.asarray(is_control, dtype=bool)
     if not controls.any():
@@ -89,8 +89,8 @@ def map_against_controls(
     ap = ap[(ap[_REF] < 0) & (ap["n_pos_pairs"] > 0)]
     if ap.empty:
         return None
-    per_compound = mean_average_precision(
-        ap, ["compound"], null_size=null_size, threshold=threshold, seed=seed, progress_bar=False
+    per_compound = _mean_average_precision(
+        ap, ["compound"], null_size=null_size, threshold=threshold, seed=seed
     )
     return {
         "map": float(per_compound["mean_average_precision"].mean()),
@@ -98,17 +98,38 @@ def map_against_controls(
     }
 
 
+#: CPython 3.11's AST construction can fail spuriously when threads parse at once (this
+#: ``SystemError``; python/cpython#106905): copairs reads its cached null distributions with
+#: ``np.load`` from a thread pool, and numpy parses each file's header with ``ast.literal_eval``,
+#: so a trial's mAP failed now and then (1 of 16 demo trials once). The computation is
+#: deterministic: it is simply run again.
+_PARSER_RACE = "AST constructor recursion depth mismatch"
+_ATTEMPTS = 3
+
+
+def _mean_average_precision(ap, sameby: list[str], **kwargs):
+    """copairs' ``mean_average_precision``, run again when CPython's parser race hits it."""
+    from copairs.map import mean_average_precision
+
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            return mean_average_precision(ap, sameby, progress_bar=False, **kwargs)
+        except SystemError as err:
+            if _PARSER_RACE not in str(err) or attempt == _ATTEMPTS:
+                raise
+            log.warning("copairs mAP hit CPython's parser race (%s); running it again", err)
+    raise AssertionError("unreachable")
+
+
 def _per_query_map(
     ap, by: str, *, null_size: int, threshold: float, seed: int
 ) -> dict[str, float] | None:
     """copairs' per-``by`` mAP with permutation p-values (FDR-corrected) → map, fraction."""
-    from copairs.map import mean_average_precision
-
     ap = ap[(ap["query"] == 1) & (ap["n_pos_pairs"] > 0)]
     if ap.empty:
         return None
-    per_query = mean_average_precision(
-        ap, [by], null_size=null_size, threshold=threshold, seed=seed, progress_bar=False
+    per_query = _mean_average_precision(
+        ap, [by], null_size=null_size, threshold=threshold, seed=seed
     )
     return {
         "map": float(per_query["mean_average_precision"].mean()),
