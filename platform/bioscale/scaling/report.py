@@ -117,11 +117,17 @@ def describe_fit(fit: FitResult, metric_label: str) -> str:
         ci = fit.ci95.get(ename[0]) if len(ename) == 1 else None
         floor = fit.params.get(spec.floor_name, 0.0) if spec.floor_name else 0.0
         gain = 1.0 - 2.0 ** (-alpha)
+        tail = (  # a law without a floor (pure_power) claims none
+            f", toward a floor of {floor:.3f} in error; each doubling of {what} removes "
+            f"{gain:.0%} of the error above that floor."
+            if spec.floor_name
+            else f" (a law without a floor); each doubling of {what} removes {gain:.0%} of the "
+            "error."
+        )
         text = (
             f"{name}: {metric_label} error falls as {fit.axis[-1]}^−{alpha:.2f}"
             + (f" (95% CI {_ci(ci, '.2f')})" if ci else "")
-            + f" over {span}, toward a floor of {floor:.3f} in error; each doubling of {what} "
-            f"removes {gain:.0%} of the error above that floor."
+            + f" over {span}{tail}"
         )
     bt = fit.backtest
     if bt:
