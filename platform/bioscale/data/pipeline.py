@@ -300,27 +300,38 @@ def decoded_natural(
     return decoded.select_columns(["x", "map", "has_map", *labels])
 
 
+def rows_in_order(manifest: str | Path, sample_ids: np.ndarray, columns: list[str]) -> pa.Table:
+    """The manifest's ``columns`` of ``sample_ids``, in that order, read with pyarrow (only the
+    row groups that hold them)."""
+    import pyarrow.parquet as pq
+
+    wanted = pa.array(list(sample_ids), type=pa.string())
+    table = pq.read_table(
+        manifest, columns=["sample_id", *columns], filters=pc.field("sample_id").isin(wanted)
+    )
+    return table.take(pc.index_in(wanted, value_set=table.column("sample_id")))
+
+
+def labelled_dataset(tensors: dict[str, np.ndarray], labels: dict[str, np.ndarray]):
+    """A small in-memory Ray Dataset: tensor columns (one row per sample) and int64 labels."""
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    columns = {k: ArrowTensorArray.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+    columns |= {k: pa.array(np.asarray(v, dtype=np.int64)) for k, v in labels.items()}
+    return ray.data.from_arrow(pa.table(columns))
+
+
 def profile_rows(
     manifest: str | Path,
     sample_ids: np.ndarray,
     labels: dict[str, np.ndarray],
     transform=None,
 ):
-    """A small labelled profile set as a Ray Dataset, read with pyarrow (only the row groups that
-    hold ``sample_ids``): ``{"x": (F,) float32, <label>: int64}`` in ``sample_ids`` order;
-    ``transform(x)`` (rows in that order) preprocesses the features first."""
-    import pyarrow.parquet as pq
-    import ray.data
-    from ray.data.extensions import ArrowTensorArray
-
-    wanted = pa.array(list(sample_ids), type=pa.string())
-    table = pq.read_table(
-        manifest, columns=["sample_id", FEATURES], filters=pc.field("sample_id").isin(wanted)
-    )
-    pos = pc.index_in(wanted, value_set=table.column("sample_id")).to_numpy(zero_copy_only=False)
+    """A small labelled profile set as a Ray Dataset: ``{"x": (F,) float32, <label>: int64}`` in
+    ``sample_ids`` order; ``transform(x)`` (rows in that order) preprocesses the features first."""
+    table = rows_in_order(manifest, sample_ids, [FEATURES])
     feats = table.column(FEATURES).combine_chunks()
     x = feats.flatten().to_numpy(zero_copy_only=False).reshape(len(table), feats.type.list_size)
-    x = x[pos] if transform is None else transform(x[pos])
-    columns = {"x": ArrowTensorArray.from_numpy(np.ascontiguousarray(x, dtype=np.float32))}
-    columns |= {k: pa.array(np.asarray(v, dtype=np.int64)) for k, v in labels.items()}
-    return ray.data.from_arrow(pa.table(columns))
+    x = x if transform is None else transform(x)
+    return labelled_dataset({"x": np.asarray(x, dtype=np.float32)}, labels)

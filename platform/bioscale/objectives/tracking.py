@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bioscale.objectives.base import Objective
+from bioscale.objectives.base import LabelSpace, Objective
 from bioscale.objectives.registry import register
 
 
@@ -65,9 +65,7 @@ class Tracking(Objective):
     def raw_labels(self, index) -> dict[str, np.ndarray]:
         return {"y": index.moa}
 
-    def label_space(self, index, rows: np.ndarray):
-        from bioscale.objectives.base import LabelSpace
-
+    def label_space(self, index, rows: np.ndarray) -> LabelSpace:
         # fixed, whatever the diet holds: class 1 is always "positive" (the logit's sign)
         return LabelSpace(classes={"y": [NEGATIVE, POSITIVE]})
 

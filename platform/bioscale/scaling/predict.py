@@ -47,7 +47,7 @@ from scipy.special import digamma, polygamma
 from bioscale.errors import BioscaleError
 from bioscale.scaling.fit import N_BOOT, FitResult, fit_law
 from bioscale.scaling.laws import as_log_axes
-from bioscale.scaling.selection import choose_law, law_backtests, own_backtest
+from bioscale.scaling.selection import choose_law, law_backtests, own_backtest, refit
 
 #: scales with repeated runs needed to fit how seed noise changes with the level
 MIN_SCALES_SLOPE = 3
@@ -297,18 +297,8 @@ def average_laws(
         member = (
             fit
             if law == fit.law
-            else fit_law(
-                fit.x,
-                fit.y,
-                law=law,
-                direction=fit.direction,
-                metric=fit.metric,
-                axis=fit.axis,
-                group=fit.group,
-                seeds=fit.seeds,
-                n_boot=n_boot,
-                boot_seed=boot_seed,
-                bootstrap_scheme=bootstrap_scheme,
+            else refit(
+                fit, law, n_boot=n_boot, boot_seed=boot_seed, bootstrap_scheme=bootstrap_scheme
             )
         )
         if member.params is None:

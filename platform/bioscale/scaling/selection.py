@@ -62,8 +62,9 @@ def aicc(fit: FitResult) -> float | None:
     return float(n * (np.log(2.0 * np.pi * var) + 1.0) + 2.0 * k + 2.0 * k * (k + 1) / (n - k - 1))
 
 
-def _refit(fit: FitResult, law: str) -> FitResult:
-    """The same points under ``law``, point fit only (AICc and a point backtest need no
+def refit(fit: FitResult, law: str, **bootstrap: Any) -> FitResult:
+    """The same points (and seeds, direction, group) under ``law``; ``bootstrap``: ``n_boot``,
+    ``boot_seed``, ``bootstrap_scheme`` (default a point fit: AICc and a point backtest need no
     intervals)."""
     return fit_law(
         fit.x,
@@ -74,7 +75,7 @@ def _refit(fit: FitResult, law: str) -> FitResult:
         axis=fit.axis,
         group=fit.group,
         seeds=fit.seeds,
-        n_boot=0,
+        **({"n_boot": 0} | bootstrap),
     )
 
 
@@ -97,8 +98,8 @@ def law_check(fit: FitResult, *, margin: float = AICC_MARGIN) -> dict[str, Any] 
     """
     if len(fit.axis) != 1:
         return None
-    power = fit if fit.law == POWER else _refit(fit, POWER)
-    line = fit if fit.law == LINE else _refit(fit, LINE)
+    power = fit if fit.law == POWER else refit(fit, POWER)
+    line = fit if fit.law == LINE else refit(fit, LINE)
     a_power, a_line = aicc(power), aicc(line)
     out: dict[str, Any] = {
         "group": fit.group,

@@ -210,29 +210,14 @@ def _video_rows(
 ):
     """A small labelled set of videos (with their ground-truth ``mask`` when ``masks``) as a Ray
     Dataset, in ``sample_ids`` order."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    import ray.data
-    from ray.data.extensions import ArrowTensorArray
-
     from bioscale.data.featuretracker import MASK_COLUMN, decode_videos
+    from bioscale.data.pipeline import labelled_dataset, rows_in_order
 
-    wanted = pa.array(list(sample_ids), type=pa.string())
     paths = ["path_video", *([MASK_COLUMN] if masks else [])]
-    table = pq.read_table(
-        manifest, columns=["sample_id", *paths], filters=pc.field("sample_id").isin(wanted)
-    )
-    pos = pc.index_in(wanted, value_set=table.column("sample_id")).to_numpy(zero_copy_only=False)
-    batch = {c: np.asarray(table.column(c).to_pylist(), dtype=object)[pos] for c in paths}
+    table = rows_in_order(manifest, sample_ids, paths)
+    batch = {c: np.asarray(table.column(c).to_pylist(), dtype=object) for c in paths}
     decoded = decode_videos(batch, root=root, masks=masks)
-    columns = {
-        k: ArrowTensorArray.from_numpy(np.ascontiguousarray(decoded[k]))
-        for k in ("x", "mask")
-        if k in decoded
-    }
-    columns |= {k: pa.array(np.asarray(v, dtype=np.int64)) for k, v in labels.items()}
-    return ray.data.from_arrow(pa.table(columns))
+    return labelled_dataset({k: decoded[k] for k in ("x", "mask") if k in decoded}, labels)
 
 
 def _pool_summary(path: str | Path) -> dict[str, Any]:
