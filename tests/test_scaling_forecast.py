@@ -188,3 +188,14 @@ def test_bad_targets_and_axes_are_refused_with_the_reason(power_fit):
         forecast(power_fit, float("nan"))
     with pytest.raises(BioscaleError, match=r"cannot forecast along 'Q'.*axes are D"):
         forecast(power_fit, 0.15, along="Q")
+
+
+def test_a_law_without_a_floor_is_not_described_as_falling_toward_one():
+    from bioscale.scaling.report import describe_fit
+
+    x = np.geomspace(100, 1e4, 6)
+    pure = describe_fit(fit_law(x, 2.0 * x**-0.3, law="pure_power", n_boot=0), "loss")
+    assert "floor of" not in pure and "(a law without a floor)" in pure
+    assert "D^−0.30" in pure
+    saturating = describe_fit(fit_law(x, 0.1 + 2.0 * x**-0.3, law="power", n_boot=0), "loss")
+    assert "toward a floor of 0.100" in saturating

@@ -50,6 +50,16 @@ def with_(**changes):
         ),
         (with_(exclude=[{"width": 3}]), r"exclude\[0\]: unknown key 'width'"),
         (with_(data={"manifest": "x.parquet", "synthetic": {}}), r"exactly one of 'manifest'"),
+        (
+            with_(analysis={"law": "powr"}),
+            r"analysis\.law: unknown scaling law 'powr'; choose one of .*pure_power.*auto",
+        ),
+        (with_(analysis={"law": "chinchilla"}), r"analysis\.law: 'chinchilla' is a joint"),
+        (
+            with_(data={"kind": "video", "manifest": "x.parquet"}),
+            r"objective 'ibp' does not apply to data\.kind 'video'.*objectives for this data: "
+            r"tracking",
+        ),
     ],
 )
 def test_typos_fail_before_compute_with_the_key_and_choices(bad, message):
