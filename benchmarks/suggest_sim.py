@@ -65,20 +65,18 @@ def one_repeat(rep: int, scales: np.ndarray, seeds: int, noise: float, max_steps
     for _ in range(max_steps):
         fit = fit_law(x, y, law="power", n_boot=N_BOOT)
         if _width(fit) <= goal:
-            break
+            return float(np.sum(x)) / uniform_flops, goal, len(x), ""
         cands = [Candidate(curve=0, at={"D": float(d)}, flops=float(d)) for d in pool]
         try:
             s = suggest([fit], TARGET, cands, k=1, repeat=True)
-        except BioscaleError:  # no draw reaches the target yet: no interval to shrink
-            break
+        except BioscaleError as e:  # e.g. no draw reaches the target yet: nothing to shrink
+            return np.inf, goal, len(x), f"suggest refused: {e}"
         if not s.picks:
-            break
+            return np.inf, goal, len(x), "suggest proposed nothing"
         d = s.picks[0].candidate.at["D"]
         x.append(d)
         y += _measure(d, 1, noise, rng)
-    else:
-        return np.inf, goal, len(x)
-    return float(np.sum(x)) / uniform_flops, goal, len(x)
+    return np.inf, goal, len(x), f"not there in {max_steps} trials"
 
 
 def main() -> None:
@@ -93,16 +91,17 @@ def main() -> None:
     t0 = time.perf_counter()
     ratios = []
     for rep in range(args.repeats):
-        ratio, goal, n = one_repeat(rep, scales, args.seeds, args.noise, args.max_steps)
+        ratio, goal, n, why = one_repeat(rep, scales, args.seeds, args.noise, args.max_steps)
         ratios.append(ratio)
         print(
             f"repeat {rep}: width to reach {goal:.3f} decades, {n} trials, FLOP ratio {ratio:.3f}"
+            + (f" ({why})" if why else "")
         )
     r = np.array(ratios)
     print(
         f"suggest / uniform FLOPs to the same forecast-interval width: median {np.median(r):.3f} "
         f"(min {r.min():.3f}, max {r.max():.3f}) over {len(r)} repeats, "
-        f"{int(np.isinf(r).sum())} of which did not get there in {args.max_steps} trials (inf); "
+        f"{int(np.isinf(r).sum())} of which did not get there (inf); "
         f"{time.perf_counter() - t0:.0f} s"
     )
 

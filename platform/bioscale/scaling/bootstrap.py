@@ -5,11 +5,23 @@ Two schemes (``SCHEMES``), both in log space (the space the Huber loss lives in)
 
 ``seeds`` (the default) keeps every scale and resamples what varies at it:
 
-- at a scale with m ≥ 2 points (seeds), the points are resampled with replacement around the
-  scale's mean, deviations inflated by √(m/(m−1)) so that two or three seeds do not understate the
-  spread (the plain bootstrap's variance is (m−1)/m of the sample variance);
-- at a scale with one point, the fitted value plus a residual drawn from the fit's residuals,
-  inflated by √(n/(n−P)) for the P fitted parameters (Davison & Hinkley 1997, §6.2.3).
+- at a scale with m ≥ 2 points (seeds), the scale's mean plus m deviations drawn from the seed
+  deviations *pooled over every scale with repeats* (``scaling.noise``: each inflated by
+  √(m/(m−1)), since the plain bootstrap's variance is (m−1)/m of the sample variance, and
+  rescaled by the level where seed noise is seen to change with it);
+- at a scale with one point, the fitted value plus a residual drawn from the residuals of all
+  points, inflated by √(n/(n−P)) for the P fitted parameters (Davison & Hinkley 1997, §6.2.3);
+- with fewer than ``MIN_SEED_DOF`` degrees of freedom of seed spread (one scale with two seeds),
+  every point is resampled from the residuals.
+
+Pooling is what keeps the interval honest as a study grows one trial at a time. Resampling a
+scale from its own two or three seeds gives it the spread of those few draws (a pair that happens
+to agree pins the curve there), and a residual pool of the single-run scales alone changes
+membership whenever one of them gains a seed; both made a refitted interval jump threefold
+(0.31 → 0.99 decades of a forecast) at one added trial. On simulated studies with a mix of
+repeated and single-run scales the forecast's 95% interval covered the truth in 80–83% of
+tables with per-scale deviations and 93–97% pooled (``benchmarks/suggest_sim.py`` measures the
+study-growing case).
 
 ``cases`` is the plain case bootstrap (Efron & Tibshirani 1993, §9): n points drawn with
 replacement from the n observed (x, y), as multiplicities (weights) of the summed Huber loss;
@@ -29,10 +41,14 @@ from collections.abc import Callable
 import numpy as np
 
 from bioscale.errors import BioscaleError
+from bioscale.scaling.noise import level_slope, scale_groups, spreads
 
 #: residuals at or below this size (the Huber δ) are points an L1-like fit interpolates
 HUBER_RESID_FLOOR = 1e-3
 
+#: degrees of freedom of seed spread (Σ m − 1 over scales with repeats) below which the ``seeds``
+#: scheme resamples residuals everywhere: one pair of seeds is too few to stand for the noise
+MIN_SEED_DOF = 2
 #: the resampling schemes (see the module docstring)
 SCHEMES = ("seeds", "cases")
 #: draws of one case-bootstrap replicate before giving up on enough distinct scales
@@ -42,42 +58,44 @@ _CASE_TRIES = 100
 RefitBatch = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
 
 
-def scale_ids(logX: np.ndarray) -> np.ndarray:
-    """log X (K, n) → (n,) integer id of each point's distinct scale."""
-    _, inverse = np.unique(np.round(logX.T, 9), axis=0, return_inverse=True)
-    return inverse.reshape(-1)
+class SeedsResampler:
+    """Draws replicates of log y (n,) under the ``seeds`` scheme (see the module docstring)."""
 
-
-def resample(
-    logy: np.ndarray,
-    fitted: np.ndarray,
-    ids: np.ndarray,
-    n_params: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """One bootstrap replicate of log y (n,) (see the module docstring for the scheme)."""
-    out = np.empty_like(logy)
-    n = len(logy)
-    resid = logy - fitted
-    inflate = np.sqrt(n / (n - n_params)) if n > n_params else 1.0
-    singles = []
-    for s in np.unique(ids):
-        idx = np.flatnonzero(ids == s)
-        m = len(idx)
-        if m == 1:
-            singles.append(idx[0])
-            continue
-        mean = logy[idx].mean()
-        dev = logy[idx] - mean
-        out[idx] = mean + np.sqrt(m / (m - 1)) * rng.choice(dev, size=m, replace=True)
-    if singles:
-        pool = resid[singles] if len(singles) >= 3 else resid
+    def __init__(self, logy: np.ndarray, fitted: np.ndarray, ids: np.ndarray, n_params: int):
+        n = len(logy)
+        self.fitted = fitted
+        resid = logy - fitted
         # a Huber fit with δ = 1e-3 behaves like an L1 fit: about P residuals are ~0 (the curve
         # passes through those points); they carry no information about the noise
-        informative = pool[np.abs(pool) > HUBER_RESID_FLOOR]
-        pool = informative if len(informative) >= 2 else pool
-        out[singles] = fitted[singles] + inflate * rng.choice(pool, size=len(singles))
-    return out
+        informative = resid[np.abs(resid) > HUBER_RESID_FLOOR]
+        pool = informative if len(informative) >= 2 else resid
+        self.resid = (np.sqrt(n / (n - n_params)) if n > n_params else 1.0) * pool
+        groups = [idx for idx in scale_groups(ids) if len(idx) >= 2]
+        self.seed_dof = sum(len(idx) - 1 for idx in groups)
+        self.repeated: list[tuple[np.ndarray, float, float]] = []  # (indices, mean, σ factor)
+        if self.seed_dof < MIN_SEED_DOF:
+            self.devs = np.zeros(0)
+            return
+        sp = spreads(logy, ids)
+        slope = level_slope(sp.levels, sp.variances, sp.dofs)
+        devs = []
+        for idx in groups:
+            m = len(idx)
+            mean = float(logy[idx].mean())
+            factor = float(np.exp(slope * mean))  # σ at this level, relative to level 0
+            devs.append(np.sqrt(m / (m - 1)) * (logy[idx] - mean) / factor)
+            self.repeated.append((idx, mean, factor))
+        self.devs = np.concatenate(devs)
+
+    def draw(self, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+        """(n_boot, n) replicates."""
+        n = len(self.fitted)
+        out = self.fitted + self.resid[rng.integers(len(self.resid), size=(n_boot, n))]
+        for idx, mean, factor in self.repeated:
+            out[:, idx] = (
+                mean + factor * self.devs[rng.integers(len(self.devs), size=(n_boot, len(idx)))]
+            )
+        return out
 
 
 def case_weights(
@@ -128,8 +146,7 @@ def bootstrap_thetas(
         return refit(
             np.broadcast_to(logy, (n_boot, len(logy))), case_weights(ids, n_boot, min_scales, rng)
         )
-    Y = np.stack([resample(logy, fitted, ids, len(theta_hat), rng) for _ in range(n_boot)])
-    return refit(Y, None)
+    return refit(SeedsResampler(logy, fitted, ids, len(theta_hat)).draw(n_boot, rng), None)
 
 
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float | None]:

@@ -27,9 +27,9 @@ from bioscale.scaling.bootstrap import (
     SCHEMES,
     bootstrap_thetas,
     percentile_interval,
-    scale_ids,
 )
 from bioscale.scaling.laws import LAWS, Law, as_log_axes
+from bioscale.scaling.noise import scale_ids
 from bioscale.scaling.optim import (
     HUBER_DELTA,
     distinct,

@@ -6,13 +6,8 @@
   noise, so it is the wider one.
 
 Seed noise lives where the fits live, on the log error. It is estimated from the seeds a study
-has, pooled across scales as a function of the metric's level (Porian et al. 2024 pool seed
-variation across scales as a function of the loss): at each scale with m ≥ 2 runs the sample
-variance s² of log error (k = m − 1 degrees of freedom), then log σ = a + b·log err
-(``_level_slope``: weighted least squares of the bias-corrected log s², whose mean is
-log σ² + ψ(k/2) − log(k/2) and variance ψ′(k/2)). With fewer than ``MIN_SCALES_SLOPE`` scales
-with repeats, a level range narrower than ``MIN_LEVEL_SPAN``, or a slope within two standard
-errors of 0, σ is the pooled constant (Σ k·s² / Σ k).
+has, pooled across scales as a function of the metric's level, log σ = a + b·log err
+(``scaling.noise``: the same pooled noise the bootstrap resamples).
 
 A study with one run per scale has no seed spread: σ then falls back to the fit residuals,
 √(Σ r²/(n − P)) of the P-parameter fit (which also absorbs any lack of fit), or, where larger,
@@ -42,17 +37,13 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from scipy.special import digamma, polygamma
 
 from bioscale.errors import BioscaleError
 from bioscale.scaling.fit import N_BOOT, FitResult, fit_law
 from bioscale.scaling.laws import as_log_axes
+from bioscale.scaling.noise import level_slope, scale_ids, spreads
 from bioscale.scaling.selection import choose_law, law_backtests, own_backtest, refit
 
-#: scales with repeated runs needed to fit how seed noise changes with the level
-MIN_SCALES_SLOPE = 3
-#: a slope also needs the level (log error) of those scales to span at least this much
-MIN_LEVEL_SPAN = 0.1
 #: noise draws per bootstrap curve for ``pi95`` (B × K Monte-Carlo samples per point)
 DRAWS_PER_CURVE = 25
 #: σ of log error never falls below this (a curve through every point)
@@ -122,21 +113,6 @@ def _log_err(fit: FitResult) -> np.ndarray:
     return np.log(1.0 - fit.y if fit.direction == "higher" else fit.y)
 
 
-def _level_slope(levels: np.ndarray, variances: np.ndarray, dofs: np.ndarray) -> float:
-    """b in log σ = a + b·log err, from per-scale sample variances of log error; 0 unless the
-    data show it (≥ ``MIN_SCALES_SLOPE`` scales spanning ``MIN_LEVEL_SPAN``, |2b| > 2 standard
-    errors). log s² of k degrees of freedom has mean log σ² + ψ(k/2) − log(k/2) and variance
-    ψ′(k/2), so the fit is weighted least squares with those known variances."""
-    if len(levels) < MIN_SCALES_SLOPE or np.ptp(levels) < MIN_LEVEL_SPAN:
-        return 0.0
-    y = np.log(variances) - (digamma(dofs / 2) - np.log(dofs / 2))
-    w = 1.0 / polygamma(1, dofs / 2)
-    X = np.column_stack([np.ones_like(levels), levels])
-    cov = np.linalg.inv(X.T @ (w[:, None] * X))
-    coef = cov @ X.T @ (w * y)
-    return float(coef[1] / 2.0) if abs(coef[1]) > 2.0 * np.sqrt(cov[1, 1]) else 0.0
-
-
 def seed_noise(fit: FitResult, *, backtest: dict[str, Any] | str | None = "compute") -> SeedNoise:
     """The fit's seed-noise model (see the module docstring).
 
@@ -154,18 +130,10 @@ def seed_noise(fit: FitResult, *, backtest: dict[str, Any] | str | None = "compu
     spec = fit.spec
     le = _log_err(fit)
     logX = as_log_axes(fit.x, spec.axes)
-    _, ids = np.unique(np.round(logX.T, 9), axis=0, return_inverse=True)
-    ids = ids.reshape(-1)
-    levels, variances, dofs = [], [], []
-    for sc in np.unique(ids):
-        v = le[ids == sc]
-        if len(v) >= 2 and np.var(v) > 0:
-            levels.append(float(v.mean()))
-            variances.append(float(np.var(v, ddof=1)))
-            dofs.append(len(v) - 1)
-    if levels:
-        lv, var, k = np.array(levels), np.array(variances), np.array(dofs, dtype=float)
-        slope = _level_slope(lv, var, k)
+    sp = spreads(le, scale_ids(logX))
+    if len(sp.levels):
+        lv, var, k = sp.levels, sp.variances, sp.dofs
+        slope = level_slope(lv, var, k)
         # pooled at the mean level: Σ k·s²/level^2b / Σ k (the classic pooled variance at b = 0)
         pooled = float(np.sum(k * var * np.exp(-2.0 * slope * lv)) / np.sum(k))
         return SeedNoise(

@@ -39,6 +39,7 @@ from bioscale.errors import BioscaleError
 from bioscale.scaling.fit import FitResult, fit_law
 from bioscale.scaling.forecast import forecast, invert
 from bioscale.scaling.laws import as_log_axes
+from bioscale.scaling.noise import scale_ids, spreads
 
 #: a bootstrap draw whose forecast never reaches the target counts as this multiple of the
 #: largest observed scale (so a width stays finite and comparable across candidates)
@@ -93,15 +94,10 @@ def seed_noise(fit: FitResult) -> tuple[float, str]:
     scales have ≥ 2 points (Porian et al. 2024 pool seeds across scales), else the fit
     residuals' RMS with n − P degrees of freedom."""
     logy = np.log(1.0 - fit.y if fit.direction == "higher" else fit.y)
-    keys = [tuple(np.round(np.log(row), 9)) for row in fit.x]
-    ss, dof = 0.0, 0
-    for key in set(keys):
-        v = logy[[k == key for k in keys]]
-        if len(v) >= 2:
-            ss += float(((v - v.mean()) ** 2).sum())
-            dof += len(v) - 1
-    if dof >= 2 and ss > 0:
-        return math.sqrt(ss / dof), f"pooled over seeds ({dof} degrees of freedom)"
+    sp = spreads(logy, scale_ids(as_log_axes(fit.x, fit.spec.axes)))
+    if sp.dof >= 2:
+        sigma = math.sqrt(float(np.sum(sp.dofs * sp.variances)) / sp.dof)
+        return sigma, f"pooled over seeds ({sp.dof} degrees of freedom)"
     spec = fit.spec
     resid = logy - spec.log_predict(spec.to_theta(fit.params), np.log(fit.x).T)
     n_free = max(len(resid) - len(spec.param_names), 1)
