@@ -105,8 +105,8 @@ def test_missing_and_non_finite_points_are_reported():
 
 def test_interval_coverage_is_roughly_nominal():
     """20 noisy tables (7 scales × 3 seeds, 3% noise), 60 bootstrap refits each. Measured on 60
-    tables with 100 refits: coverage 0.97 (E), 0.93 (A), 0.97 (α) with seeds; with one run per
-    scale (residual bootstrap) 0.88, 0.90, 0.90."""
+    tables with 100 refits: coverage 0.97 (E), 0.92 (A), 0.95 (α) with seeds; with one run per
+    scale (residual bootstrap) 0.95, 0.97, 0.97."""
     truth = dict(E=0.1, A=2.0, alpha=0.35)
     hits = {k: 0 for k in truth}
     reps = 20

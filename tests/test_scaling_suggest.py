@@ -163,3 +163,23 @@ def test_decisions_say_why_a_family_cannot_be_backtested():
     d = decisions(_family("r", {"a": (2.0, 0.5), "b": (0.6, 0.3)}, scales, boot=0))
     assert d["n_decisions"] == 0 and d["fit_rate"] is None
     assert "needs at least 4 distinct scales" in d["families"][0]["note"]
+
+
+def test_a_matched_design_with_each_objective_its_own_sample_counts_is_backtested():
+    """The same five diets give b 3.6× a's samples (as IBP's unlabelled wells do), so no scale is
+    common. a: 0.8·D^−0.25 at 100 … 1600; b: 0.13 + D^−0.5 at 360 … 5760. b leads at the
+    second-largest diet (0.149 against a's 0.150), a at the largest (0.127 against 0.143): the
+    fit on the four smaller diets calls a, the ranking at the second-largest calls b."""
+    diets = 100 * 2.0 ** np.arange(5)
+    fits = []
+    for obj, x, err in (
+        ("a", diets, 0.8 * diets**-0.25),
+        ("b", 3.6 * diets, 0.13 + (3.6 * diets) ** -0.5),
+    ):
+        fits.append(fit_law(x, err, law="power", group={"objective": obj, "rung": "r"}, n_boot=0))
+    d = decisions(fits)
+    (row,) = d["families"]
+    assert (row["truth"], row["fit_call"], row["baseline_call"]) == ("a", "a", "b")
+    assert row["x_held_out"] == pytest.approx([1600, 5760]) and "matched design" in row["note"]
+    assert (d["n_decisions"], d["fit_correct"], d["baseline_correct"]) == (1, 1, 0)
+    assert "winner at (a 1.6e+03, b 5.76e+03): a" in decision_section(fits)

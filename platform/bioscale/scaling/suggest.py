@@ -328,7 +328,9 @@ def decisions(
     Per family, at x_L, the largest scale every member was measured at: the truth is the member
     with the lowest mean error at x_L; the fit's call refits each member (same law, no
     bootstrap) to its points below x_L and ranks their predictions at x_L; the baseline ranks the
-    mean errors at the second-largest common scale. ``p_rank_change`` is the share of bootstrap
+    mean errors at the second-largest common scale. Members with no two common scales but the
+    same number of them (a matched design in which the same diets give each objective its own
+    sample count) are compared at each one's largest and second-largest scale instead. ``p_rank_change`` is the share of bootstrap
     draws (paired by index across members) whose ranking at ``target_multiple`` × x_max differs
     from their ranking at x_max.
 
@@ -375,13 +377,26 @@ def _rank_change(fam: list[FitResult], multiple: float) -> dict[str, Any]:
 def _backtest(fam: list[FitResult], names: list[str]) -> dict[str, Any]:
     means = [_scale_means(f) for f in fam]
     common = sorted(set.intersection(*(set(m) for m in means)))
-    if len(common) < 2:
+    note = ""
+    if len(common) >= 2:
+        held = [common[-1]] * len(fam)
+        base = [common[-2]] * len(fam)
+    elif len({len(m) for m in means}) == 1 and len(means[0]) >= 2:
+        # a matched design whose members turn the same diets into different sample counts
+        # (IBP trains on the unlabelled compounds' wells too): compare at each member's largest
+        # and second-largest scale, the same diets
+        held = [max(m) for m in means]
+        base = [sorted(m)[-2] for m in means]
+        note = (
+            "no scale common to every member: compared at each one's largest and second-largest "
+            "scale (the same points of a matched design)"
+        )
+    else:
         return {"truth": None, "note": "fewer than two scales every member was measured at"}
-    x_l, x_prev = common[-1], common[-2]
-    truth = names[int(np.argmin([m[x_l] for m in means]))]
-    baseline = names[int(np.argmin([m[x_prev] for m in means]))]
+    truth = names[int(np.argmin([m[x] for m, x in zip(means, held, strict=True)]))]
+    baseline = names[int(np.argmin([m[x] for m, x in zip(means, base, strict=True)]))]
     preds = []
-    for f in fam:
+    for f, x_l in zip(fam, held, strict=True):
         keep = f.x[:, 0] < x_l
         small = fit_law(
             f.x[keep, 0], f.y[keep], law=f.law, direction=f.direction, axis=f.axis, n_boot=0
@@ -393,14 +408,21 @@ def _backtest(fam: list[FitResult], names: list[str]) -> dict[str, Any]:
                 "note": f"{f.group}: below {x_l:.4g}: {small.note}",
             }
         preds.append(float(_err(small, small.predict(np.array([[x_l]])))[0]))
+    one = len(set(held)) == 1
     return {
         "truth": truth,
         "fit_call": names[int(np.argmin(preds))],
         "baseline_call": baseline,
-        "x_held_out": x_l,
-        "x_baseline": x_prev,
-        "note": "",
+        "x_held_out": held[0] if one else held,
+        "x_baseline": base[0] if one else base,
+        "note": note,
     }
+
+
+def _scales_text(x: float | list[float], names: list[str]) -> str:
+    if isinstance(x, list):
+        return "(" + ", ".join(f"{n} {v:.3g}" for n, v in zip(names, x, strict=True)) + ")"
+    return f"{x:.3g}"
 
 
 def decision_section(fits: Sequence[FitResult], column: str = "objective") -> str:
@@ -419,10 +441,12 @@ def decision_section(fits: Sequence[FitResult], column: str = "objective") -> st
         if r.get("truth") is None:
             text += f"no backtest ({r['note']})"
         else:
+            held = _scales_text(r["x_held_out"], r["members"])
+            base = _scales_text(r["x_baseline"], r["members"])
             text += (
-                f"winner at {r['x_held_out']:.3g}: {r['truth']}; called by the fit on smaller "
-                f"scales: {r['fit_call']}; by ranking at {r['x_baseline']:.3g}: "
-                f"{r['baseline_call']}"
+                f"winner at {held}: {r['truth']}; called by the fit on smaller scales: "
+                f"{r['fit_call']}; by ranking at {base}: {r['baseline_call']}"
+                + (f" ({r['note']})" if r["note"] else "")
             )
         items.append(f"<li>{html.escape(text)}</li>")
     rates = (
