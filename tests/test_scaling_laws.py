@@ -154,7 +154,7 @@ def test_pooled_seed_deviations_follow_the_level_where_noise_changes_with_it():
     rng = np.random.default_rng(0)
     err = np.geomspace(0.5, 0.05, 5)
     sd = 0.01 * (err / 0.5) ** -0.9
-    logy = np.concatenate([np.log(e) + rng.normal(0, s, 8) for e, s in zip(err, sd)])
+    logy = np.concatenate([np.log(e) + rng.normal(0, s, 8) for e, s in zip(err, sd, strict=True)])
     ids = scale_ids(np.log([np.repeat(np.arange(1, 6), 8)]))
     Y = SeedsResampler(logy, logy, ids, n_params=3).draw(4000, np.random.default_rng(1))
     spread = [Y[:, 8 * i : 8 * i + 8].mean(axis=1).std() for i in range(5)]
