@@ -17,7 +17,11 @@ Two measures:
   of its interval width at a fraction of the grid's FLOPs is compared with the grid's median
   width. One repeat's first passage profits from a lucky interval; the medians do not.
 
-    .venv/bin/python benchmarks/suggest_sim.py --repeats 20 [--matched]
+``--fixed`` adds the median widths of fixed designs built by hand from the same five starting runs
+(more runs at the largest scale, one step beyond it, cheap repeats, combinations): what a user
+could run without ``suggest``.
+
+    .venv/bin/python benchmarks/suggest_sim.py --repeats 20 [--matched] [--fixed]
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ def one_repeat(rep: int, scales: np.ndarray, seeds: int, noise: float, max_steps
             if not matched:
                 break
         if matched and path[-1][0] >= 1.0:
+            why = "not there within the grid's FLOPs" if np.isinf(ratio) else why
             break
         cands = [Candidate(curve=0, at={"D": float(d)}, flops=float(d)) for d in pool]
         try:
@@ -100,6 +105,44 @@ def one_repeat(rep: int, scales: np.ndarray, seeds: int, noise: float, max_steps
     return ratio, goal, trials, why, path
 
 
+def fixed_designs(scales: np.ndarray) -> dict[str, list[float]]:
+    """Name → the runs added to the five starting ones."""
+    big, beyond, s2 = scales[-1], scales[-1] ** 2 / scales[-2], scales[2]
+    cheap = [scales[0]] * 5 + [s2] * 5
+    return {
+        "none": [],
+        "+1 at the largest": [big],
+        "+2 at the largest": [big] * 2,
+        "+3 at the largest": [big] * 3,
+        "+1 one step beyond": [beyond],
+        "+2 one step beyond": [beyond] * 2,
+        "+1 beyond, +1 at the largest": [beyond, big],
+        "+10 cheap (5 at each of the 2 smallest)": cheap,
+        "+10 cheap, +1 beyond": [*cheap, beyond],
+        "+10 cheap, +2 at the largest": [*cheap, big, big],
+        "the 3 other scales (8 × 1)": list(scales[[1, 3, 5]]),
+        "8 × 2": [*scales, *scales[[1, 3, 5]]],
+        "+2 at the second-largest, +1 at the largest": [scales[-2]] * 2 + [big],
+    }
+
+
+def run_fixed(scales: np.ndarray, repeats: int, noise: float, uniform_flops: float) -> None:
+    start = list(scales[[0, 2, 4, 6, 7]])
+    print("fixed designs (median width over the repeats):")
+    for name, extra in fixed_designs(scales).items():
+        x = start + extra
+        ws = []
+        for rep in range(repeats):
+            rng = np.random.default_rng(10_000 + rep)
+            y = [v for d in x for v in _measure(d, 1, noise, rng)]
+            ws.append(_width(fit_law(x, y, law="power", n_boot=N_BOOT)))
+        print(
+            f"  {name}: {float(np.sum(x)) / uniform_flops:.2f}× the grid's FLOPs, "
+            f"{np.median(ws):.3f} decades",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
@@ -110,6 +153,7 @@ def main() -> None:
     ap.add_argument(
         "--matched", action="store_true", help="also compare median widths at matched FLOPs"
     )
+    ap.add_argument("--fixed", action="store_true", help="also measure fixed designs")
     args = ap.parse_args()
     scales = np.geomspace(100, 1e4, args.scales)
     t0 = time.perf_counter()
@@ -147,6 +191,9 @@ def main() -> None:
             "suggest's median width reaches the grid's at "
             + (f"{first:.1f}× its FLOPs" if first else "no fraction up to 1.0×")
         )
+    if args.fixed:
+        print(f"the grid's median width {float(np.median(goals)):.3f} decades")
+        run_fixed(scales, args.repeats, args.noise, float(args.seeds * np.sum(scales)))
 
 
 if __name__ == "__main__":
