@@ -19,9 +19,8 @@ scale from its own two or three seeds gives it the spread of those few draws (a 
 to agree pins the curve there), and a residual pool of the single-run scales alone changes
 membership whenever one of them gains a seed; both made a refitted interval jump threefold
 (0.31 → 0.99 decades of a forecast) at one added trial. On simulated studies with a mix of
-repeated and single-run scales the forecast's 95% interval covered the truth in 80–83% of
-tables with per-scale deviations and 93–97% pooled (``benchmarks/suggest_sim.py`` measures the
-study-growing case).
+repeated and single-run scales the forecast's 95% interval held the truth in 60–88% of tables
+with per-scale deviations and 90–95% pooled (``benchmarks/bootstrap_coverage.py``).
 
 ``cases`` is the plain case bootstrap (Efron & Tibshirani 1993, §9): n points drawn with
 replacement from the n observed (x, y), as multiplicities (weights) of the summed Huber loss;
