@@ -298,8 +298,8 @@ def scaling_options(p: argparse.ArgumentParser, *, axis_default: str | None = "D
         "--bootstrap-scheme",
         choices=("seeds", "cases"),
         default="seeds",
-        help="seeds: resample seeds within each scale (residuals where one run); cases: "
-        "resample runs (default: %(default)s)",
+        help="seeds: each scale's mean plus seed deviations pooled over the scales with repeats "
+        "(residuals where one run); cases: resample runs (default: %(default)s)",
     )
     p.add_argument("--holdout", type=int, default=1, help="largest scales the backtest holds")
     p.add_argument("--plateau-k", type=int, default=2, help="scales without gain = plateau")

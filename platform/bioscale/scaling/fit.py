@@ -232,11 +232,11 @@ def fit_law(
         axis: the axis name(s) (``D``, ``N``, ``["N", "D"]``), for the record.
         group: the group the points belong to (``{"objective": "ibp"}``).
         seeds: each point's training seed (for the record; scales with several points are
-            resampled within the scale either way).
+            resampled as seeds either way).
         n_boot: bootstrap replicates (0: point fit only).
         boot_seed: the bootstrap's random seed.
-        bootstrap_scheme: ``seeds`` (resample seeds within each scale, residuals where a scale
-            has one run) or ``cases`` (resample points); see ``scaling.bootstrap``.
+        bootstrap_scheme: ``seeds`` (each scale's mean plus pooled seed deviations, residuals
+            where a scale has one run) or ``cases`` (resample points); see ``scaling.bootstrap``.
 
     Returns:
         The fit. With fewer than ``max(4, P)`` distinct scales ``params`` is None; with fewer than

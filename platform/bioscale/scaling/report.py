@@ -558,8 +558,8 @@ def render(
 <p class=note>Generated {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")} from
 <code>{html.escape(redact_uri(tracking_uri))}</code>. Metric: <b>{html.escape(metric)}</b> ({html.escape(metric_label)}).
 Curves fit its error with a scaling law (Huber loss on log residuals, L-BFGS from a grid of
-starts); bands are 95% bootstrap intervals (seeds resampled within each scale, residuals where a
-scale has one run); dashed lines extrapolate beyond the data; a star marks a forecast.</p>
+starts); bands are 95% bootstrap intervals (seed deviations pooled over the scales with repeats,
+residuals where a scale has one run); dashed lines extrapolate beyond the data; a star marks a forecast.</p>
 <h2>How each curve scales</h2><ul>{sentences}</ul>
 <h2>Curves</h2>{images}
 {extra_sections(sections)}
