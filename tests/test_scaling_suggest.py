@@ -15,6 +15,7 @@ from bioscale.scaling.fit import fit_law
 from bioscale.scaling.runs import write_csv
 from bioscale.scaling.suggest import Candidate, decision_section, decisions, suggest
 from bioscale.scaling.synthetic import law_table
+from bioscale.study.plan import expand
 from bioscale.study.spec import StudySpec
 
 pytestmark = pytest.mark.timeout(120)
@@ -115,12 +116,18 @@ def test_study_suggest_writes_a_grids_block_the_study_accepts(tmp_path, capsys):
     assert 1 <= len(added) <= 3
     study = yaml.safe_load(DEMO.read_text())
     measured = {d["replicates"] for g in study["grids"] for d in g["diet"]}
+    before = len(expand(StudySpec.from_dict(study))[0])
     study["grids"] += added
     spec = StudySpec.from_dict(study)
     for grid in spec.grids[-len(added) :]:
         assert grid.rung == ["mlp:w256-l3"]
-        assert grid.diet[0].replicates not in measured
         assert grid.objective[0].name in {"supervised", "ibp"}
+        if grid.seeds is None:  # a new diet
+            assert grid.diet[0].replicates not in measured
+        else:  # another seed at a measured diet: the table's trials ran seeds 0 and 1
+            assert grid.diet[0].replicates in measured and grid.seeds == [2]
+    # every entry adds exactly one trial
+    assert len(expand(spec)[0]) == before + len(added)
     assert main([*argv[:-6], "--target", "top1", "--write", str(block)]) == 2
     assert "METRIC=VALUE" in capsys.readouterr().err
 

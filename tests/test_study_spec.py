@@ -49,6 +49,15 @@ def with_(**changes):
             r"eval\[1\]: unknown evaluation task 'deconvolution'.* Known: genetic, leakage, moa",
         ),
         (with_(exclude=[{"width": 3}]), r"exclude\[0\]: unknown key 'width'"),
+        (
+            with_(grids=[{"rung": ["debug"], "diet": [{}], "objective": ["ibp"], "seeds": []}]),
+            r"grids: seeds \[\] must be a non-empty list of integers ≥ 0 \(omit it to use the "
+            r"study's seeds\)",
+        ),
+        (
+            with_(grids=[{"rung": ["debug"], "diet": [{}], "objective": ["ibp"], "seeds": [1, 1]}]),
+            r"grids: seeds \[1, 1\] repeat a seed",
+        ),
         (with_(data={"manifest": "x.parquet", "synthetic": {}}), r"exactly one of 'manifest'"),
         (
             with_(analysis={"law": "powr"}),
@@ -125,3 +134,17 @@ def test_plan_drops_objectives_the_data_cannot_feed_and_fails_when_nothing_is_le
     )
     with pytest.raises(ConfigError, match="has no runnable trial: harmonized needs"):
         plan(only, synth_manifest)
+
+
+def test_a_grid_with_its_own_seeds_adds_those_seeds_only():
+    """``study suggest`` adds a seed at a measured point as a grid entry with its own seeds."""
+    grids = [
+        {"rung": ["debug"], "diet": [{}, {"replicates": 0.5}], "objective": ["ibp"]},
+        {"rung": ["debug"], "diet": [{"replicates": 0.5}], "objective": ["ibp"], "seeds": [2]},
+    ]
+    spec = StudySpec.from_dict(with_(grids=grids, seeds=[0, 1]))
+    points, dropped = expand(spec)
+    assert not dropped
+    got = sorted((p.diet.replicates, p.seed) for p in points)
+    assert got == [(0.5, 0), (0.5, 1), (0.5, 2), (1.0, 0), (1.0, 1)]
+    assert StudySpec.from_dict(spec.to_dict()) == spec

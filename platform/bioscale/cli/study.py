@@ -181,8 +181,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     cands = study_candidates(spec, rows, fits)
     if not cands:
         raise BioscaleError(
-            "no candidate trials: suggest proposes new diets on a curve along D (one objective "
-            "at one rung with several diets); the study has none with flops_per_sample"
+            "no candidate trials: suggest proposes new diets and seeds on a curve along D (one "
+            "objective at one rung with several diets); the study has none with flops_per_sample"
         )
     s = suggest(fits, target, cands, k=args.k, budget_flops=budget)
     print(f"forecast: the D (samples) at which {metric} reaches {target:g}")
@@ -198,7 +198,9 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     for n, p in enumerate(s.picks, 1):
         t = p.candidate.trial
         print(
-            f"{n}. rung {t['rung']}, objective {t['objective']}, diet {t['diet']} "
+            f"{n}. rung {t['rung']}, objective {t['objective']}, diet {t['diet']}"
+            + (f", another seed ({t['seed']})" if "seed" in t else "")
+            + " "
             f"(D ≈ {p.candidate.at['D']:.4g}, {p.candidate.flops:.3g} FLOPs): expected 95% CI "
             f"[{p.ci95[0]:.4g}, {p.ci95[1]:.4g}], total width {p.width:.3f} decades, "
             f"{p.flops_total:.3g} FLOPs so far"

@@ -272,7 +272,8 @@ def suggest(
 
 def grids_block(picks: Sequence[Pick]) -> str:
     """A ``grids:`` block (YAML) with one grid per distinct picked trial, to append to the
-    study's ``grids:`` list."""
+    study's ``grids:`` list; a trial with a ``seed`` (another seed at a measured point) gets the
+    grid's own ``seeds``."""
     entries, seen = [], set()
     for p in picks:
         t = p.candidate.trial
@@ -284,7 +285,10 @@ def grids_block(picks: Sequence[Pick]) -> str:
         if key in seen:
             continue
         seen.add(key)
-        entries.append({"rung": [t["rung"]], "diet": [t["diet"]], "objective": [t["objective"]]})
+        entry = {"rung": [t["rung"]], "diet": [t["diet"]], "objective": [t["objective"]]}
+        if "seed" in t:  # another seed at a measured point
+            entry["seeds"] = [t["seed"]]
+        entries.append(entry)
     return yaml.safe_dump({"grids": entries}, sort_keys=False, default_flow_style=None)
 
 

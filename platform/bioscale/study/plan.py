@@ -169,13 +169,14 @@ def _excluded(point: GridPoint, rules: list[dict[str, Any]]) -> bool:
 
 
 def expand(spec: StudySpec) -> tuple[list[GridPoint], list[tuple[GridPoint, str]]]:
-    """All grid points of the union of grids × seeds, minus exclusions and duplicates."""
+    """All grid points of the union of grids × seeds (a grid's own ``seeds`` where it has them),
+    minus exclusions and duplicates."""
     kept: list[GridPoint] = []
     dropped: list[tuple[GridPoint, str]] = []
     seen: dict[tuple, GridPoint] = {}
     for grid in spec.grids:
         for rung, diet, obj, seed in itertools.product(
-            grid.rung, grid.diet, grid.objective, spec.seeds
+            grid.rung, grid.diet, grid.objective, spec.seeds if grid.seeds is None else grid.seeds
         ):
             objective = objectives.build(obj.name, obj.params)
             point = GridPoint(

@@ -116,6 +116,9 @@ class GridSpec:
     rung: list[str]
     diet: list[Diet]
     objective: list[ObjectiveSpec | str]
+    #: this grid's training seeds (default: the study's ``seeds``); ``bioscale study suggest``
+    #: writes one to add a seed at a measured point
+    seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -126,6 +129,14 @@ class GridSpec:
         for axis in ("rung", "diet", "objective"):
             if not getattr(self, axis):
                 raise ConfigError(f"grids: axis {axis!r} is empty")
+        if self.seeds is not None:
+            if not self.seeds or any(s < 0 for s in self.seeds):
+                raise ConfigError(
+                    f"grids: seeds {self.seeds!r} must be a non-empty list of integers ≥ 0 "
+                    "(omit it to use the study's seeds)"
+                )
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ConfigError(f"grids: seeds {self.seeds!r} repeat a seed")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,8 @@
 """Candidate trials of a study for ``bioscale study suggest``: on each data-scaling curve (one
 objective at one rung), the diets between the measured ones (geometric midpoints of
 ``replicates``), half the smallest and, below the full pool, twice the largest (one step beyond
-the study's axis). A candidate's D is the curve's largest measured diet scaled by the
+the study's axis), and one more seed at each measured diet (a grid entry with its own ``seeds``:
+repeated seeds give a curve its seed-to-seed noise). A candidate's D is the curve's largest measured diet scaled by the
 ``replicates`` ratio (diets keep ⌈f·n⌉ samples per compound: proportional up to rounding), and
 its FLOPs are that D × the curve's measured ``flops_per_sample`` × ``epochs`` (the plan's
 planned samples)."""
@@ -72,6 +73,24 @@ def study_candidates(
         new.append(reps[0] / 2)
         if reps[-1] < 1.0:
             new.append(min(1.0, reps[-1] * 2))
+        taken = _seeds_taken(spec, mine)
+        for rep in reps:  # another seed at a measured diet
+            at = [r for r in mine if diets[r["diet"]].replicates == rep]
+            d = float(sorted(r["D_samples"] for r in at)[len(at) // 2])
+            seed = next(s for s in itertools.count() if s not in taken)
+            out.append(
+                Candidate(
+                    curve=i,
+                    at={"D": d},
+                    flops=d * flops_per_d,
+                    trial={
+                        "rung": rung,
+                        "diet": _diet_mapping(diets[at[0]["diet"]]),
+                        "objective": _objective_mapping(objectives[obj]),
+                        "seed": seed,
+                    },
+                )
+            )
         for rep in sorted({_round(r) for r in new} - set(reps)):
             d = float(base["D_samples"]) * rep / base_diet.replicates
             out.append(
@@ -87,6 +106,17 @@ def study_candidates(
                 )
             )
     return out
+
+
+def _seeds_taken(spec: StudySpec, rows: list[dict[str, Any]]) -> set[int]:
+    """Seeds a new seed must not reuse: the study's, every grid's, and those its trials ran."""
+    taken = set(spec.seeds)
+    for grid in spec.grids:
+        taken |= set(grid.seeds or [])
+    for r in rows:
+        if isinstance(r.get("seed"), int | float) and not isinstance(r.get("seed"), bool):
+            taken.add(int(r["seed"]))
+    return taken
 
 
 def _diet_mapping(diet: Diet) -> dict[str, Any]:
