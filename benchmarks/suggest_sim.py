@@ -60,6 +60,11 @@ def _width(fit) -> float:
     return float(hi - lo)
 
 
+def _start(scales: np.ndarray) -> list[float]:
+    """The runs suggest starts from: one seed at every other scale and the largest."""
+    return list(scales[[0, 2, 4, 6, 7]] if len(scales) == 8 else scales[:5])
+
+
 def _measure(d: float, seeds: int, noise: float, rng: np.random.Generator) -> list[float]:
     return [r["loss"] for r in law_table("power", TRUTH, [d], seeds=seeds, noise=noise, rng=rng)]
 
@@ -74,7 +79,7 @@ def one_repeat(rep: int, scales: np.ndarray, seeds: int, noise: float, max_steps
         ux += [d] * seeds
     goal = _width(fit_law(ux, uy, law="power", n_boot=N_BOOT))
     uniform_flops = float(np.sum(ux))
-    x = list(scales[[0, 2, 4, 6, 7]] if len(scales) == 8 else scales[:5])
+    x = _start(scales)
     y = [v for d in x for v in _measure(d, 1, noise, rng)]
     step = scales[-1] / scales[-2]
     pool = [*scales, scales[-1] * step]
@@ -127,7 +132,7 @@ def fixed_designs(scales: np.ndarray) -> dict[str, list[float]]:
 
 
 def run_fixed(scales: np.ndarray, repeats: int, noise: float, uniform_flops: float) -> None:
-    start = list(scales[[0, 2, 4, 6, 7]])
+    start = _start(scales)
     print("fixed designs (median width over the repeats):")
     for name, extra in fixed_designs(scales).items():
         x = start + extra

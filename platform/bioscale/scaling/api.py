@@ -114,32 +114,20 @@ def fit_table(
     chosen = found.selection.describe(metric) if found.selection else ""
     fits, choices = [], []
     for curve in found.curves:
+        common = dict(
+            direction=direction,
+            metric=metric,
+            axis=list(axes),
+            group=curve.group,
+            seeds=curve.seeds,
+            n_boot=n_boot,
+            bootstrap_scheme=bootstrap_scheme,
+        )
         if law == AUTO:  # pi95 averages the candidate laws, weighted by their backtests
-            fit, choice = fit_auto(
-                curve.x,
-                curve.y,
-                direction=direction,
-                metric=metric,
-                axis=list(axes),
-                group=curve.group,
-                seeds=curve.seeds,
-                n_boot=n_boot,
-                bootstrap_scheme=bootstrap_scheme,
-            )
+            fit, choice = fit_auto(curve.x, curve.y, **common)
             choices.append(choice)
         else:
-            fit = fit_law(
-                curve.x,
-                curve.y,
-                law=law,
-                direction=direction,
-                metric=metric,
-                axis=list(axes),
-                group=curve.group,
-                seeds=curve.seeds,
-                n_boot=n_boot,
-                bootstrap_scheme=bootstrap_scheme,
-            )
+            fit = fit_law(curve.x, curve.y, law=law, **common)
         for extra in (chosen, choices[-1]["note"] if law == AUTO else ""):
             if extra:
                 fit = replace(fit, note=f"{fit.note}; {extra}" if fit.note else extra)

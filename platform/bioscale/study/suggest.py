@@ -74,38 +74,28 @@ def study_candidates(
         if reps[-1] < 1.0:
             new.append(min(1.0, reps[-1] * 2))
         taken = _seeds_taken(spec, mine)
+        trial = {"rung": rung, "objective": _objective_mapping(objectives[obj])}
+        seed = next(s for s in itertools.count() if s not in taken)
         for rep in reps:  # another seed at a measured diet
             at = [r for r in mine if diets[r["diet"]].replicates == rep]
             d = float(sorted(r["D_samples"] for r in at)[len(at) // 2])
-            seed = next(s for s in itertools.count() if s not in taken)
-            out.append(
-                Candidate(
-                    curve=i,
-                    at={"D": d},
-                    flops=d * flops_per_d,
-                    trial={
-                        "rung": rung,
-                        "diet": _diet_mapping(diets[at[0]["diet"]]),
-                        "objective": _objective_mapping(objectives[obj]),
-                        "seed": seed,
-                    },
-                )
-            )
+            out.append(_candidate(i, d, flops_per_d, trial, diets[at[0]["diet"]], seed=seed))
         for rep in sorted({_round(r) for r in new} - set(reps)):
             d = float(base["D_samples"]) * rep / base_diet.replicates
-            out.append(
-                Candidate(
-                    curve=i,
-                    at={"D": d},
-                    flops=d * flops_per_d,
-                    trial={
-                        "rung": rung,
-                        "diet": _diet_mapping(replace(base_diet, replicates=rep)),
-                        "objective": _objective_mapping(objectives[obj]),
-                    },
-                )
-            )
+            out.append(_candidate(i, d, flops_per_d, trial, replace(base_diet, replicates=rep)))
     return out
+
+
+def _candidate(
+    curve: int, d: float, flops_per_d: float, trial: dict[str, Any], diet: Diet, **extra: Any
+) -> Candidate:
+    """A candidate trial of ``trial``'s rung and objective on ``diet`` (D samples)."""
+    return Candidate(
+        curve=curve,
+        at={"D": d},
+        flops=d * flops_per_d,
+        trial={**trial, "diet": _diet_mapping(diet), **extra},
+    )
 
 
 def _seeds_taken(spec: StudySpec, rows: list[dict[str, Any]]) -> set[int]:
